@@ -1,0 +1,43 @@
+# The two commands a new user needs: `make demo` and `make test`. Both install first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+export REDIS_URL ?= localhost:6379
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test test-fast serve bench lock clean doctor
+
+$(INSTALLED): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	@java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || { echo "Java 17+ is required for Spark: install openjdk-17-jre-headless or set JAVA_HOME"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(INSTALLED)
+
+doctor: install
+	$(PY) -m training doctor
+
+demo: install
+	$(PY) -m training demo $(ARGS)
+
+test: install
+	$(PY) -m training doctor
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: install
+	$(PY) benchmarks/feature_pipeline.py $(ARGS)
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
+
+clean:
+	rm -rf data artifacts reports spark-warehouse metastore_db derby.log

@@ -1,0 +1,1 @@
+"""Offline training pipeline: data, features, models and evaluation."""

@@ -1,0 +1,1 @@
+"""Raw data layer: the raw schema, validation/ingestion and the synthetic data generator."""

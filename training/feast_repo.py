@@ -1,0 +1,72 @@
+"""Run Feast's own CLI against a repository (the project root by default)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from feast import FeatureStore
+
+from training.settings import get_settings
+
+FEAST_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+class FeastCommandError(RuntimeError):
+    pass
+
+
+def feast_executable() -> str:
+    candidate = Path(sys.executable).with_name("feast")
+    return str(candidate) if candidate.exists() else (shutil.which("feast") or "feast")
+
+
+def run_feast(*args: str, repo_path: Path | None = None, env: dict[str, str] | None = None) -> str:
+    repo_path = repo_path or get_settings().repo_root
+    command = [feast_executable(), "-c", str(repo_path), *args]
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=repo_path)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise FeastCommandError(f"`feast {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def apply(repo_path: Path | None = None, env: dict[str, str] | None = None) -> str:
+    return run_feast("apply", repo_path=repo_path, env=env)
+
+
+def materialize(start: datetime, end: datetime, repo_path: Path | None = None,
+                env: dict[str, str] | None = None) -> str:
+    return run_feast("materialize", start.strftime(FEAST_TIME_FORMAT), end.strftime(FEAST_TIME_FORMAT),
+                     repo_path=repo_path, env=env)
+
+
+def materialize_incremental(end: datetime, repo_path: Path | None = None,
+                            env: dict[str, str] | None = None) -> str:
+    return run_feast("materialize-incremental", end.strftime(FEAST_TIME_FORMAT), repo_path=repo_path, env=env)
+
+
+def feature_store(repo_path: Path | None = None) -> FeatureStore:
+    return FeatureStore(repo_path=str(repo_path or get_settings().repo_root))
+
+
+def make_isolated_repo(target: Path, project: str, data_dir: Path) -> Path:
+    """A copy of this repo's Feast config with its own project (Redis key prefix) and registry,
+    pointing at `feature_repo/` of the project; used by tests and benchmarks."""
+    settings = get_settings()
+    config = yaml.safe_load(settings.feature_store_yaml.read_text())
+    config["project"] = project
+    config["registry"]["path"] = str(data_dir / "registry.db")
+    config["online_store"]["connection_string"] = settings.redis_url
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    link = target / "feature_repo"
+    if not link.exists():
+        link.symlink_to(settings.repo_root / "feature_repo", target_is_directory=True)
+    return target

@@ -1,0 +1,65 @@
+"""Platform settings: the one place for paths and knobs outside feature_store.yaml.
+
+Every value can be overridden by an environment variable `RECSYS_<NAME>` (or a `.env` file).
+Spark and Redis settings live in `feature_store.yaml`; `spark_conf()` reads them from there so a
+training job and Feast always run with the same Spark configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS_URL = "localhost:6379"
+
+# feature_store.yaml reads ${REDIS_URL}; give Feast the documented default when it is unset.
+os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
+
+    repo_root: Path = REPO_ROOT
+    data_dir: Path = Field(default=REPO_ROOT / "data", description="raw data, feature tables, registry")
+    artifacts_dir: Path = Field(default=REPO_ROOT / "artifacts", description="model bundles")
+    reports_dir: Path = Field(default=REPO_ROOT / "reports", description="evaluation / drift reports")
+    feature_store_yaml: Path = REPO_ROOT / "feature_store.yaml"
+
+    # Feature windows (days) for the behavioural counts; changing them changes the Feast schema.
+    windows_days: tuple[int, ...] = (1, 7, 30)
+    recent_history_length: int = 20
+    price_bucket_edges: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0, 250.0)
+    new_item_days: int = 14
+
+    @property
+    def redis_url(self) -> str:
+        return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+
+    # Layout of data_dir: raw -> features -> (Feast registry).
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    def spark_conf(self) -> dict[str, str]:
+        """The Spark configuration Feast uses (offline_store.spark_conf in feature_store.yaml)."""
+        config = yaml.safe_load(self.feature_store_yaml.read_text())
+        return {str(k): str(v) for k, v in (config["offline_store"].get("spark_conf") or {}).items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
