@@ -58,7 +58,7 @@ def feature_store(repo_path: Path | None = None) -> FeatureStore:
 
 def make_isolated_repo(target: Path, project: str, data_dir: Path) -> Path:
     """A copy of this repo's Feast config with its own project (Redis key prefix) and registry,
-    pointing at `feature_repo/` of the project; used by tests and benchmarks."""
+    with a copy of `feature_repo/`; used by tests and benchmarks."""
     settings = get_settings()
     config = yaml.safe_load(settings.feature_store_yaml.read_text())
     config["project"] = project
@@ -66,7 +66,7 @@ def make_isolated_repo(target: Path, project: str, data_dir: Path) -> Path:
     config["online_store"]["connection_string"] = settings.redis_url
     target.mkdir(parents=True, exist_ok=True)
     (target / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    link = target / "feature_repo"
-    if not link.exists():
-        link.symlink_to(settings.repo_root / "feature_repo", target_is_directory=True)
+    # A copy, not a symlink: Feast's repo walk does not follow symlinks.
+    shutil.copytree(settings.repo_root / "feature_repo", target / "feature_repo", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return target

@@ -296,7 +296,7 @@ def _row_reject_reasons(table: pa.Table, kind: str) -> np.ndarray:
         mark(_to_bool_numpy(rule(table)), reason)
     if kind in PRIMARY_KEYS:
         key = PRIMARY_KEYS[kind]
-        mark(_duplicated(table.column(key)), f"duplicate {key}")
+        mark(_duplicated(table.column(key), candidates=~rejected), f"duplicate {key}")
     return reasons
 
 
@@ -304,10 +304,10 @@ def _to_bool_numpy(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _duplicated(column: pa.ChunkedArray) -> np.ndarray:
-    """True for every occurrence of a non-null key after its first one (the first one wins)."""
+def _duplicated(column: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
+    """True for every repeat of a key among the candidate rows; the first occurrence wins."""
     keys = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
-    positions = np.flatnonzero(~_to_bool_numpy(pc.is_null(column)))
+    positions = np.flatnonzero(candidates & ~_to_bool_numpy(pc.is_null(column)))
     _, first = np.unique(keys[positions], return_index=True)
     duplicated = np.zeros(len(keys), dtype=bool)
     duplicated[positions] = True
