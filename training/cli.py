@@ -120,7 +120,7 @@ def demo(
     features(start=None, end=None)
     apply()
     materialize(end=None)
-    show_online_features()
+    show_online_features(user_ids=None)
     console.print(f"[bold green]Demo finished in {time.perf_counter() - started:.0f}s[/]")
 
 

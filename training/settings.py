@@ -8,6 +8,7 @@ training job and Feast always run with the same Spark configuration.
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +21,9 @@ DEFAULT_REDIS_URL = "localhost:6379"
 
 # feature_store.yaml reads ${REDIS_URL}; give Feast the documented default when it is unset.
 os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+# Spark's Python workers (used by Feast's Spark materialization) must run this interpreter, the
+# one with Feast installed, not whatever `python3` is first on PATH.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 class Settings(BaseSettings):

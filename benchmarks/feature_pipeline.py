@@ -1,0 +1,122 @@
+"""Benchmark the offline chain: generate -> Spark feature jobs -> feast apply -> feast materialize.
+
+Each stage runs as its own process (as a user would run it) under an isolated Feast project and
+data directory; the script prints wall time and peak memory (RSS of the whole process tree, JVM
+included) per stage, and materialization throughput in entity rows written to Redis per second.
+
+    python benchmarks/feature_pipeline.py --events 10000000 --users 200000 --items 50000
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import psutil
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from training import feast_repo
+from training.features.affinity import KEYS as AFFINITY_KEYS
+
+console = Console()
+TABLE_KEYS = {"user_daily": ["user_id"], "item_daily": ["item_id"], "user_category": AFFINITY_KEYS,
+              "user_recent_history": ["user_id"], "user_profile": ["user_id"], "item_profile": ["item_id"]}
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Run a command; return (wall seconds, peak RSS in GiB of its whole process tree)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        console.print(stderr[-3000:])
+        raise SystemExit(f"{' '.join(command)} failed")
+    return time.perf_counter() - started, peak / 2**30
+
+
+def entity_rows(features_dir: Path) -> int:
+    """Rows materialization writes: one per entity key per feature view."""
+    total = 0
+    for table, keys in TABLE_KEYS.items():
+        cols = ", ".join(keys)
+        total += duckdb.sql(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM "
+                            f"read_parquet('{features_dir / table}/**/*.parquet'))").fetchone()[0]
+    return total
+
+
+def main(
+    events: int = typer.Option(10_000_000), users: int = typer.Option(200_000),
+    items: int = typer.Option(50_000), days: int = typer.Option(60),
+    workdir: Path = typer.Option(None, help="where to write (default: a temp dir, removed after)"),
+) -> None:
+    root = workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+    data_dir = root / "data"
+    project = f"recsys_bench_{uuid.uuid4().hex[:6]}"
+    repo = feast_repo.make_isolated_repo(root / "repo", project, data_dir)
+    env = {**os.environ, "RECSYS_DATA_DIR": str(data_dir)}
+    py = [sys.executable, "-m", "training"]
+    stages = {
+        "generate": py + ["generate", "--events", str(events), "--users", str(users), "--items", str(items),
+                          "--days", str(days)],
+        "features (Spark)": py + ["features"],
+        "feast apply": [feast_repo.feast_executable(), "-c", str(repo), "apply"],
+        "feast materialize": [feast_repo.feast_executable(), "-c", str(repo), "materialize",
+                              "1970-01-01T00:00:00", "2100-01-01T00:00:00"],
+    }
+    table = Table(title=f"Offline chain, {events:,} events, {users:,} users, {items:,} items, {days} days")
+    for column in ("stage", "wall s", "peak GiB", "throughput"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    total = 0.0
+    try:
+        for name, command in stages.items():
+            console.print(f"running {name} ...")
+            seconds, peak = run_measured(command, env, repo)
+            total += seconds
+            note = ""
+            if name == "generate":
+                note = f"{events / seconds:,.0f} events/s"
+            elif name == "features (Spark)":
+                note = f"{events / seconds:,.0f} events/s"
+            elif name == "feast materialize":
+                rows = entity_rows(data_dir / "features")
+                note = f"{rows:,} entity rows, {rows / seconds:,.0f} rows/s"
+            table.add_row(name, f"{seconds:.1f}", f"{peak:.2f}", note)
+        table.add_row("total", f"{total:.1f}", "", "target < 600 s")
+        console.print(table)
+    finally:
+        subprocess.run([feast_repo.feast_executable(), "-c", str(repo), "teardown"], env=env, cwd=repo,
+                       capture_output=True)
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)

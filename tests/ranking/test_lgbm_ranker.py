@@ -1,0 +1,90 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.evaluation.metrics import ranking_metrics
+from training.ranking.frame import fit_feature_spec
+from training.ranking.lgbm_ranker import (
+    RankerConfig,
+    load_ranker,
+    plot_feature_importance,
+    plot_ranker_curves,
+    save_ranker,
+    score,
+    train_ranker,
+)
+
+INFORMATIVE = "item_daily__ctr_30d"  # drives the synthetic label most (see conftest.py)
+CONFIG = RankerConfig(
+    learning_rate=0.1,
+    num_leaves=15,
+    min_data_in_leaf=20,
+    num_boost_round=120,
+    early_stopping_rounds=15,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(ranking_splits):
+    spec = fit_feature_spec(ranking_splits["train"])
+    return train_ranker(ranking_splits["train"], ranking_splits["val"], spec, CONFIG)
+
+
+def ndcg_at_10(rows: pd.DataFrame, scores: np.ndarray) -> float:
+    """Rows are keyed by position so duplicate item ids inside a request cannot collide."""
+    rows = rows.assign(score=scores, key=np.arange(len(rows)))
+    recommended = {
+        request: group.sort_values("score", ascending=False)["key"].tolist()
+        for request, group in rows.groupby("request_id")
+    }
+    relevant = {
+        request: dict(zip(group["key"], group["label"]))
+        for request, group in rows.groupby("request_id")
+    }
+    return ranking_metrics(recommended, relevant, ks=[10])["ndcg@10"]
+
+
+def test_ranker_beats_random_and_finds_the_informative_feature(trained, ranking_splits):
+    test = ranking_splits["test"]
+    model_ndcg = ndcg_at_10(test, score(trained.booster, test, trained.spec))
+    random_ndcg = ndcg_at_10(test, np.random.default_rng(0).random(len(test)))
+    assert model_ndcg > random_ndcg + 0.25, (model_ndcg, random_ndcg)
+    assert trained.feature_importance["feature"].iloc[0] == INFORMATIVE
+    assert trained.feature_importance["gain"].is_monotonic_decreasing
+
+
+def test_training_history_and_early_stopping(trained):
+    assert set(trained.evals_result) == {"train", "val"}
+    val_ndcg10 = trained.evals_result["val"]["ndcg@10"]
+    assert 1 <= trained.best_iteration <= len(val_ndcg10) <= CONFIG.num_boost_round
+    assert trained.best_score == pytest.approx(max(val_ndcg10))
+    assert val_ndcg10[trained.best_iteration - 1] == pytest.approx(trained.best_score)
+
+
+def test_text_round_trip_gives_identical_scores(trained, ranking_splits, tmp_path):
+    path = save_ranker(trained.booster, tmp_path / "ranker.txt")
+    assert path.read_text().startswith("tree")
+    assert [p.name for p in tmp_path.iterdir()] == ["ranker.txt"]  # no temp file left behind
+    loaded = load_ranker(path)
+    test = ranking_splits["test"].iloc[:200]
+    np.testing.assert_array_equal(
+        score(loaded, test, trained.spec), score(trained.booster, test, trained.spec)
+    )
+    # an unseen device value must not break scoring
+    unseen = test.assign(device="smart-tv")
+    assert np.isfinite(score(loaded, unseen, trained.spec)).all()
+
+
+def test_labels_outside_the_gains_are_rejected(ranking_splits):
+    train = ranking_splits["train"].assign(label=5)
+    spec = fit_feature_spec(ranking_splits["train"])
+    with pytest.raises(ValueError, match="label"):
+        train_ranker(train, ranking_splits["val"], spec, CONFIG)
+
+
+def test_plots_are_pngs(trained, tmp_path):
+    for path in (
+        plot_feature_importance(trained.feature_importance, tmp_path / "importance.png", top=5),
+        plot_ranker_curves(trained.evals_result, tmp_path / "curves.png"),
+    ):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,257 @@
+"""Versioned model bundles: `<models_dir>/<version>/` plus a `latest` pointer file.
+
+A bundle is written into a hidden temp directory, then renamed into place, and only then is
+`latest` repointed (temp file + os.replace), so a reader never sees a half-written bundle and a
+failed write leaves the previous `latest` in place. Metadata is JSON; nothing is pickled.
+`manifest.json` records a sha256 per file, which `load_manifest` verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from training.settings import REPO_ROOT
+
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "latest"
+REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
+# manifest name -> distribution names to try (the first installed one wins)
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "lightgbm": ("lightgbm",),
+    "torch": ("torch",),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+    "feast": ("feast",),
+    "pyspark": ("pyspark",),
+    "pandas": ("pandas",),
+    "numpy": ("numpy",),
+}
+
+Writer = Callable[[Path], None]
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete, tampered with or incompatible with the caller."""
+
+
+def new_version(now: datetime | None = None) -> str:
+    """`20261122T031500Z-1a2b3c`: sorts chronologically, the suffix avoids same-second clashes."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def write_bundle(
+    models_dir: str | Path,
+    version: str,
+    writers: Mapping[str, Writer],
+    manifest: Mapping[str, Any],
+) -> Path:
+    """Call `writers[name](bundle_path / name)` for each file, write the manifest, publish the
+    bundle and repoint `latest` to it. On any error nothing is published."""
+    models_dir = Path(models_dir)
+    _check_version(version)
+    missing = [key for key in ("feature_service", "features") if key not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks required keys {missing}")
+    for name in writers:
+        _check_relative(name)
+        if name == MANIFEST_FILE:
+            raise ValueError(f"{MANIFEST_FILE} is written by write_bundle itself")
+    target = models_dir / version
+    if target.exists():
+        raise BundleError(f"bundle {target} already exists")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = models_dir / f".tmp-{version}"
+    staging.mkdir()
+    try:
+        files = {name: _run_writer(staging, name, writer) for name, writer in writers.items()}
+        full = {
+            **manifest,
+            "version": version,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+            "library_versions": library_versions(),
+            "git_revision": git_revision(),
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point_latest(models_dir, version)
+    return target
+
+
+def _run_writer(staging: Path, name: str, writer: Writer) -> str:
+    path = staging / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer(path)
+    if not path.is_file():
+        raise BundleError(f"writer for {name!r} did not create {path}")
+    return sha256_file(path)
+
+
+def _point_latest(models_dir: Path, version: str) -> None:
+    tmp = models_dir / f".{LATEST_FILE}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(version + "\n")
+        os.replace(tmp, models_dir / LATEST_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_version(version: str) -> None:
+    if not version or version in {".", "..", LATEST_FILE} or "/" in version or "\\" in version:
+        raise ValueError(f"invalid bundle version {version!r}")
+    if version.startswith("."):
+        raise ValueError(f"bundle version {version!r} must not start with '.'")
+
+
+def _check_relative(name: str) -> None:
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+        raise ValueError(f"bundle file name {name!r} must be a relative path inside the bundle")
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions, read from package metadata so nothing heavy is imported."""
+    return {name: _installed_version(dists) for name, dists in LIBRARIES.items()}
+
+
+def _installed_version(distributions: tuple[str, ...]) -> str | None:
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def git_revision() -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None
+
+
+def resolve_bundle(models_dir: str | Path, version: str = "latest") -> Path:
+    models_dir = Path(models_dir)
+    if version == LATEST_FILE:
+        pointer = models_dir / LATEST_FILE
+        if not pointer.is_file():
+            raise BundleError(f"no {LATEST_FILE} pointer in {models_dir}: no bundle published")
+        version = pointer.read_text().strip()
+    try:
+        _check_version(version)
+    except ValueError as error:
+        raise BundleError(str(error)) from error
+    bundle = models_dir / version
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {version!r} not found in {models_dir}")
+    return bundle
+
+
+def load_manifest(
+    bundle_dir: str | Path, expected_features: list[str] | None = None
+) -> dict[str, Any]:
+    """Read and verify `manifest.json`: required keys, file checksums and, when
+    `expected_features` is given, the exact feature list (names and order)."""
+    bundle_dir = Path(bundle_dir)
+    manifest = _read_manifest(bundle_dir)
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(f"{bundle_dir / MANIFEST_FILE} lacks required keys {missing}")
+    if manifest["version"] != bundle_dir.name:
+        raise BundleError(
+            f"manifest version {manifest['version']!r} does not match directory {bundle_dir.name!r}"
+        )
+    features = manifest["features"]
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise BundleError("manifest 'features' must be a list of feature names")
+    _verify_files(bundle_dir, manifest["files"])
+    if expected_features is not None:
+        problem = feature_mismatch(list(expected_features), features)
+        if problem:
+            raise BundleError(f"bundle {manifest['version']} feature list mismatch: {problem}")
+    return manifest
+
+
+def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = bundle_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST_FILE} in {bundle_dir}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} must hold a JSON object")
+    return manifest
+
+
+def _verify_files(bundle_dir: Path, files: Any) -> None:
+    if not isinstance(files, dict):
+        raise BundleError("manifest 'files' must map file names to sha256 digests")
+    for name, expected in files.items():
+        try:
+            _check_relative(name)
+        except ValueError as error:
+            raise BundleError(str(error)) from error
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"bundle file {name!r} listed in the manifest is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(
+                f"sha256 mismatch for {name!r}: manifest {expected}, file {actual}"
+            )
+
+
+def feature_mismatch(expected: list[str], actual: list[str]) -> str | None:
+    """Human-readable difference between two feature lists, or None when they are equal."""
+    if expected == actual:
+        return None
+    actual_set, expected_set = set(actual), set(expected)
+    missing = [f for f in expected if f not in actual_set]
+    extra = [f for f in actual if f not in expected_set]
+    problems = []
+    if missing:
+        problems.append(f"missing from bundle {missing}")
+    if extra:
+        problems.append(f"extra in bundle {extra}")
+    duplicates = len(actual_set) != len(actual) or len(expected_set) != len(expected)
+    if not problems and duplicates:
+        problems.append(f"duplicated names: expected {expected}, bundle {actual}")
+    elif not problems:
+        position = next(i for i, (e, a) in enumerate(zip(expected, actual)) if e != a)
+        problems.append(
+            f"order differs from position {position}: expected {expected[position]!r}, "
+            f"bundle has {actual[position]!r}"
+        )
+    return "; ".join(problems)

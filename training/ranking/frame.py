@@ -1,0 +1,177 @@
+"""Joined ranking rows -> model input matrix, shared by training and serving.
+
+Rows come from Feast's `ranking` feature service with `full_feature_names=True`
+(`<view>__<feature>` columns) plus the request/retrieval columns. Training and serving both call
+`to_model_matrix`, which applies `add_derived_features` itself, so the two cannot diverge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CATEGORY_SHARE = "category_share_30d"
+HOUR_OF_DAY = "hour_of_day"
+DAY_OF_WEEK = "day_of_week"
+TIMESTAMP_COLUMN = "event_timestamp"
+GROUP_COLUMN = "request_id"
+LABEL_COLUMN = "label"
+CATEGORY_NUMERATOR = "user_category__category_weighted_events_30d"
+CATEGORY_DENOMINATOR = "user_daily__weighted_events_30d"
+DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
+    CATEGORY_SHARE: (CATEGORY_NUMERATOR, CATEGORY_DENOMINATOR),
+    HOUR_OF_DAY: (TIMESTAMP_COLUMN,),
+    DAY_OF_WEEK: (TIMESTAMP_COLUMN,),
+}
+# Never model inputs: identifiers, the group, the target and the raw event type it comes from.
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    "user_id", "item_id", "category", GROUP_COLUMN, LABEL_COLUMN, "event_type", TIMESTAMP_COLUMN,
+)
+# A missing Feast row for these means "no activity", i.e. 0, not "unknown".
+_COUNT_LIKE = re.compile(r"count|popularity|events|active_days")
+
+
+@dataclass
+class FeatureSpec:
+    numeric: list[str]
+    categorical: list[str]
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        overlap = set(self.numeric) & set(self.categorical)
+        if overlap:
+            raise ValueError(f"columns both numeric and categorical: {sorted(overlap)}")
+        if set(self.vocabularies) != set(self.categorical):
+            raise ValueError(
+                f"vocabularies {sorted(self.vocabularies)} do not match categorical "
+                f"columns {sorted(self.categorical)}"
+            )
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            numeric=list(values["numeric"]),
+            categorical=list(values["categorical"]),
+            vocabularies={k: [str(v) for v in vs] for k, vs in values["vocabularies"].items()},
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def is_count_like(column: str) -> bool:
+    return bool(_COUNT_LIKE.search(column.split("__")[-1]))
+
+
+def add_derived_features(df: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy with count-like nulls filled with 0 and the derived columns added.
+
+    Idempotent (derived columns are recomputed from their inputs), so calling it on a frame that
+    already went through it is harmless. A derived column is only added when its inputs exist.
+    """
+    out = df.copy()
+    for column in out.columns:
+        if is_count_like(column) and pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].fillna(0)
+        elif is_count_like(column) and out[column].dtype == object:  # e.g. all-None from JSON
+            out[column] = pd.to_numeric(out[column]).fillna(0)
+    if CATEGORY_NUMERATOR in out and CATEGORY_DENOMINATOR in out:
+        out[CATEGORY_SHARE] = _safe_ratio(out[CATEGORY_NUMERATOR], out[CATEGORY_DENOMINATOR])
+    if TIMESTAMP_COLUMN in out:
+        when = pd.to_datetime(out[TIMESTAMP_COLUMN], utc=True)  # naive timestamps are UTC
+        out[HOUR_OF_DAY] = when.dt.hour.astype("float64")
+        out[DAY_OF_WEEK] = when.dt.dayofweek.astype("float64")
+    return out
+
+
+def _safe_ratio(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
+    num = pd.to_numeric(numerator).astype("float64").to_numpy()
+    den = pd.to_numeric(denominator).astype("float64").to_numpy()
+    valid = np.isfinite(num) & np.isfinite(den) & (den != 0)
+    ratio = np.divide(num, den, out=np.zeros_like(num), where=valid)
+    return pd.Series(ratio, index=numerator.index)
+
+
+def fit_feature_spec(df: pd.DataFrame, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> FeatureSpec:
+    """Infer the model's columns from a training frame (after `add_derived_features`).
+
+    Numeric and boolean columns become numeric features, string/object/categorical columns
+    categorical ones; datetime columns and `exclude` are dropped. Both lists are sorted by name so
+    the column order does not depend on the order Feast returned them in.
+    """
+    df = add_derived_features(df)
+    excluded = set(exclude)
+    numeric, categorical = [], []
+    for column in df.columns:
+        dtype = df[column].dtype
+        if column in excluded or pd.api.types.is_datetime64_any_dtype(dtype):
+            continue
+        if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            numeric.append(column)
+        elif _is_categorical_like(dtype):
+            categorical.append(column)
+    vocabularies = {
+        column: sorted({str(v) for v in df[column].dropna().unique()}) for column in categorical
+    }
+    return FeatureSpec(sorted(numeric), sorted(categorical), vocabularies)
+
+
+def _is_categorical_like(dtype: Any) -> bool:
+    return (
+        dtype == object
+        or pd.api.types.is_string_dtype(dtype)
+        or isinstance(dtype, pd.CategoricalDtype)
+    )
+
+
+def to_model_matrix(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Exactly `spec.columns`, in order: numerics as float64, categoricals as pandas Categorical
+    over the spec's vocabulary (unseen values become NaN, i.e. code -1)."""
+    df = add_derived_features(df)
+    missing = [column for column in spec.columns if column not in df.columns]
+    if missing:
+        raise ValueError(_missing_message(missing))
+    matrix = {column: _numeric(df[column]) for column in spec.numeric}
+    for column in spec.categorical:
+        matrix[column] = _categorical(df[column], spec.vocabularies[column])
+    return pd.DataFrame(matrix, index=df.index, columns=spec.columns)
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    try:
+        return pd.to_numeric(values).astype("float64")
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"column {values.name!r} is not numeric: {error}") from error
+
+
+def _categorical(values: pd.Series, vocabulary: list[str]) -> pd.Categorical:
+    as_text = values.astype(object).where(values.notna(), None)
+    as_text = as_text.map(lambda v: v if v is None else str(v))
+    return pd.Categorical(as_text, categories=vocabulary)
+
+
+def _missing_message(missing: list[str]) -> str:
+    message = f"model input is missing columns: {missing}"
+    hints = [
+        f"{column} is derived from {list(DERIVED_INPUTS[column])}"
+        for column in missing
+        if column in DERIVED_INPUTS
+    ]
+    return message + (f" ({'; '.join(hints)})" if hints else "")
