@@ -68,7 +68,7 @@ def entity_rows(features_dir: Path) -> int:
     for table, keys in TABLE_KEYS.items():
         cols = ", ".join(keys)
         total += duckdb.sql(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM "
-                            f"read_parquet('{features_dir / table}/**/*.parquet'))").fetchone()[0]
+                            f"read_parquet('{features_dir / table}/**/*.parquet'))").fetchall()[0][0]
     return total
 
 

@@ -124,6 +124,21 @@ def demo(
     console.print(f"[bold green]Demo finished in {time.perf_counter() - started:.0f}s[/]")
 
 
+@app.command()
+def train(
+    max_ranker_requests: int = typer.Option(4_000, help="ranker training requests (sampled)"),
+    epochs: int = typer.Option(8, help="two-tower epochs (early stopping on validation recall)"),
+) -> None:
+    """Train the two-stage recommender from the feature store; write a model bundle and a report."""
+    from training import feast_repo
+    from training.pipeline import TrainConfig, run_training
+    from training.spark import get_spark
+
+    config = TrainConfig(max_ranker_requests=max_ranker_requests)
+    config.two_tower.epochs = epochs
+    run_training(get_spark("training"), feast_repo.feature_store(), get_settings(), config)
+
+
 @app.command("show-online")
 def show_online_features(user_ids: Optional[list[int]] = typer.Argument(None)) -> None:
     """Print the online (Redis) features of a few users through Feast."""

@@ -121,12 +121,28 @@ class TrendingRecommender(_GlobalScoreRecommender):
         self.as_of = int(timestamp.max()) if as_of is None and timestamp.size else as_of
         if self.as_of is None:
             self.item_scores = np.zeros(self.n_items)
+            self._events = (item_idx[:0], timestamp[:0], weight[:0])
+            self._cache = {}
             return self
-        age_days = (self.as_of - timestamp) / SECONDS_PER_DAY
-        recent = (age_days >= 0) & (age_days <= self.window_days)
-        decayed = weight[recent] * 0.5 ** (age_days[recent] / self.half_life_days)
-        self.item_scores = np.bincount(item_idx[recent], weights=decayed, minlength=self.n_items)
+        self._events = (item_idx, timestamp, weight)
+        self._cache: dict[int, np.ndarray] = {}
+        self.item_scores = self._decayed_scores(self.as_of, inclusive=True)
         return self
+
+    def scores_as_of(self, as_of: int) -> np.ndarray:
+        """Trending scores at time `as_of` from the fitted events strictly before it."""
+        if as_of not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[as_of] = self._decayed_scores(as_of, inclusive=False)
+        return self._cache[as_of]
+
+    def _decayed_scores(self, as_of: int, inclusive: bool) -> np.ndarray:
+        item_idx, timestamp, weight = self._events
+        age_days = (as_of - timestamp) / SECONDS_PER_DAY
+        recent = ((age_days >= 0) if inclusive else (age_days > 0)) & (age_days <= self.window_days)
+        decayed = weight[recent] * 0.5 ** (age_days[recent] / self.half_life_days)
+        return np.bincount(item_idx[recent], weights=decayed, minlength=self.n_items)
 
 
 class CoVisitationRecommender:

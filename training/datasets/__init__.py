@@ -1,0 +1,1 @@
+"""Training sets: time splits, labelled requests (Spark) and their point-in-time features (Feast)."""

@@ -1,0 +1,432 @@
+"""The training pipeline: Feast training sets -> retrieval -> candidates -> ranker -> evaluation -> bundle.
+
+Data flows one way through these steps; each step is a function so the CLI can run it alone and
+tests can check it. Periods come from a time split (never random): retrieval models learn from
+the first period, the ranker from candidates of the next, the validation period stops both, and
+the test period is evaluated once against baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from feast import FeatureStore
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from rich.console import Console
+
+from training.data.schema import EVENT_GAIN
+from training.datasets import requests as req
+from training.datasets.point_in_time import join_feature_service, service_features, write_parquet
+from training.datasets.splits import TimeSplit
+from training.evaluation.metrics import ranking_metrics
+from training.features.pipeline import event_date_range
+from training.features.raw_io import read_events, read_items
+from training.ranking import lgbm_ranker
+from training.ranking.frame import fit_feature_spec
+from training.retrieval import ann_index
+from training.retrieval.baselines import CoVisitationRecommender, PopularityRecommender, TrendingRecommender
+from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig, CandidateGenerator
+from training.retrieval.inputs import IdMap, UserInputSpec, fit_user_input_spec, item_features, user_features
+from training.retrieval.mf import BPRConfig, BPRRecommender
+from training.retrieval.two_tower import Interactions, TwoTowerConfig, plot_training_curves, train_two_tower
+from training.settings import Settings
+
+console = Console()
+KS = (5, 10, 20, 50)
+RANKING_SERVICE = "ranking"
+RETRIEVAL_SERVICE = "retrieval"
+
+
+@dataclass
+class TrainConfig:
+    test_days: int = 7
+    val_days: int = 7
+    ranker_days: int = 14
+    max_ranker_requests: int = 4_000
+    max_val_requests: int = 1_500
+    max_test_users: int = 3_000
+    max_retrieval_pairs: int = 400_000
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
+        epochs=8, batch_size=1024, progress=sys.stderr.isatty()))
+    ranker: lgbm_ranker.RankerConfig = field(default_factory=lgbm_ranker.RankerConfig)
+    bpr: BPRConfig = field(default_factory=BPRConfig)
+    seed: int = 7
+
+
+@dataclass
+class Catalog:
+    """Items and users in index order, with the id maps every model shares."""
+
+    items: pd.DataFrame  # item_id, category, price, created_timestamp, title
+    item_ids: IdMap
+    user_ids: IdMap
+    categories: list[str]
+
+    @property
+    def available_from(self) -> np.ndarray:
+        return epoch_seconds(self.items["created_timestamp"])
+
+
+@dataclass
+class StepTimer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run(self, name: str, fn, *args, **kwargs):
+        console.print(f"[bold]> {name}[/]")
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        return result
+
+
+def epoch_seconds(values: pd.Series) -> np.ndarray:
+    """UTC timestamps (any resolution) -> int64 epoch seconds."""
+    delta = pd.to_datetime(pd.Series(values), utc=True) - pd.Timestamp(0, tz="UTC")
+    return (delta // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+def to_epoch(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp())
+
+
+# ---------------------------------------------------------------- data ----------------------------
+
+
+def load_catalog(spark: SparkSession, settings: Settings) -> Catalog:
+    items = pd.read_parquet(settings.raw_dir / "items").sort_values("item_id").reset_index(drop=True)
+    users = pd.read_parquet(settings.raw_dir / "users", columns=["user_id"]).sort_values("user_id")
+    return Catalog(items, IdMap(items["item_id"].to_numpy()), IdMap(users["user_id"].to_numpy()),
+                   sorted(items["category"].astype(str).unique()))
+
+
+def events_frame(events: DataFrame, path: Path, catalog: Catalog) -> pd.DataFrame:
+    """Events as numpy-friendly columns (written by Spark, read by pyarrow)."""
+    write_parquet(events.select("user_id", "item_id", "event_type", "event_timestamp"), path)
+    frame = pd.read_parquet(path)
+    frame["user_idx"] = catalog.user_ids.to_idx(frame["user_id"])
+    frame["item_idx"] = catalog.item_ids.to_idx(frame["item_id"])
+    frame["ts"] = epoch_seconds(frame["event_timestamp"])
+    frame["gain"] = frame["event_type"].map(EVENT_GAIN).astype(float)
+    return frame[(frame.user_idx >= 0) & (frame.item_idx >= 0)].sort_values("ts").reset_index(drop=True)
+
+
+def with_user_features(store: FeatureStore, spark: SparkSession, labelled: DataFrame, path: Path) -> pd.DataFrame:
+    """Labelled request rows + the `retrieval` service's point-in-time user features."""
+    requests = labelled.select("request_id", "user_id", "event_timestamp", "device").distinct()
+    joined = join_feature_service(store, requests, RETRIEVAL_SERVICE)
+    write_parquet(joined, path)
+    return pd.read_parquet(path)
+
+
+# ---------------------------------------------------------------- retrieval -----------------------
+
+
+def train_retrieval(store, spark, events: DataFrame, split: TimeSplit, catalog: Catalog, config: TrainConfig,
+                    work: Path, settings: Settings):
+    """Two-tower on (user features at the start of the day, items of that day) pairs."""
+    train_labels = req.sample_requests(req.daily_requests(events, split.start, split.ranker_start),
+                                       config.max_retrieval_pairs // 4, config.seed)
+    val_labels = req.sample_requests(req.daily_requests(events, split.ranker_start, split.val_start),
+                                     config.max_val_requests, config.seed)
+    write_parquet(train_labels, work / "retrieval_train_labels")
+    write_parquet(val_labels, work / "retrieval_val_labels")
+    train_users = with_user_features(store, spark, train_labels, work / "retrieval_train_users")
+    val_users = with_user_features(store, spark, val_labels, work / "retrieval_val_users")
+    spec = fit_user_input_spec(train_users, settings.recent_history_length)
+    items_in = item_features(catalog.items, catalog.categories)
+
+    def interactions(labels_path: Path, users: pd.DataFrame) -> Interactions:
+        pairs = pd.read_parquet(labels_path, columns=["request_id", "item_id"]).merge(users, on="request_id")
+        pairs = pairs[catalog.item_ids.to_idx(pairs["item_id"]) >= 0]
+        return Interactions(user_features(pairs, catalog.user_ids, catalog.item_ids, spec),
+                            catalog.item_ids.to_idx(pairs["item_id"]))
+
+    train_pairs = interactions(work / "retrieval_train_labels", train_users)
+    val_pairs = interactions(work / "retrieval_val_labels", val_users)
+    console.print(f"  two-tower: {len(train_pairs):,} training pairs, {len(val_pairs):,} validation pairs")
+    started = time.perf_counter()
+    result = train_two_tower(train_pairs, items_in, len(catalog.user_ids), config.two_tower, val=val_pairs,
+                             n_categories=len(catalog.categories) + 1)
+    seconds = time.perf_counter() - started
+    epochs = len(result.history.train_loss)
+    throughput = len(train_pairs) * epochs / seconds
+    console.print(f"  two-tower: best epoch {result.best_epoch}, val recall@{config.two_tower.eval_k} "
+                  f"{result.best_val_recall:.4f}, {throughput:,.0f} examples/s")
+    return result, spec, items_in, {"two_tower_examples_per_s": round(throughput), "two_tower_epochs": epochs,
+                                    "two_tower_best_val_recall": result.best_val_recall,
+                                    "two_tower_train_pairs": len(train_pairs)}
+
+
+def build_index(model, items_in, user_rows, n_queries: int = 1000):
+    """FAISS index of the item embeddings and its recall@100 against exact search."""
+    item_emb = model.item_embeddings(items_in)
+    index = ann_index.build_index(item_emb)
+    queries = model.user_embeddings(user_rows)[:n_queries]
+    return item_emb, index, ann_index.recall_vs_exact(index, item_emb, queries, 100)
+
+
+def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog):
+    """Trending and co-visitation fitted on events strictly before `before` (epoch s)."""
+    past = events_np[events_np.ts < before]
+    n_items = len(catalog.item_ids)
+    trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=before)
+    covisit = CoVisitationRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
+    return trending, covisit
+
+
+def seen_before(events_np: pd.DataFrame, users: np.ndarray, times: np.ndarray) -> list[set[int]]:
+    """Items each (user, time) request had interacted with strictly before its time."""
+    first_seen = events_np.groupby(["user_idx", "item_idx"], sort=False)["ts"].min().reset_index()
+    by_user = {u: g for u, g in first_seen.groupby("user_idx")}
+    out = []
+    for user, when in zip(users, times):
+        group = by_user.get(int(user))
+        out.append(set() if group is None else set(group.item_idx[group.ts < when].tolist()))
+    return out
+
+
+# ---------------------------------------------------------------- ranking -------------------------
+
+
+def candidate_rows(generator: CandidateGenerator, requests: pd.DataFrame, labels: pd.DataFrame,
+                   catalog: Catalog, spec: UserInputSpec, exclude: list[set[int]]) -> pd.DataFrame:
+    """Candidates of each request with its labels (0 where the user did not interact)."""
+    users = user_features(requests, catalog.user_ids, catalog.item_ids, spec)
+    times = epoch_seconds(requests["event_timestamp"])
+    candidates = generator.generate(users, times, exclude)
+    meta = requests[["request_id", "user_id", "event_timestamp", "device"]].reset_index(drop=True)
+    rows = candidates.merge(meta, left_on="position", right_index=True).drop(columns="position")
+    rows["item_id"] = catalog.item_ids.to_ids(rows["item_idx"])
+    rows["category"] = catalog.items["category"].astype(str).to_numpy()[rows["item_idx"]]
+    labelled = rows.merge(labels[["request_id", "item_id", "label"]], on=["request_id", "item_id"], how="left")
+    labelled["label"] = labelled["label"].fillna(0).astype(int)
+    return labelled
+
+
+def with_ranking_features(store: FeatureStore, spark: SparkSession, rows: pd.DataFrame, path: Path) -> pd.DataFrame:
+    sdf = spark.createDataFrame(rows.assign(event_timestamp=pd.to_datetime(rows["event_timestamp"], utc=True)))
+    joined = join_feature_service(store, sdf, RANKING_SERVICE)
+    write_parquet(joined, path)
+    return pd.read_parquet(path)
+
+
+def keep_informative(rows: pd.DataFrame) -> pd.DataFrame:
+    """LambdaRank learns nothing from a request without a positive candidate."""
+    has_positive = rows.groupby("request_id")["label"].transform("max") > 0
+    return rows[has_positive]
+
+
+# ---------------------------------------------------------------- evaluation ----------------------
+
+
+def relevant_items(labels: pd.DataFrame, catalog: Catalog) -> dict[int, dict[int, float]]:
+    labels = labels.assign(item_idx=catalog.item_ids.to_idx(labels["item_id"]))
+    labels = labels[labels.item_idx >= 0]
+    return {int(u): dict(zip(g.item_idx.astype(int), g.label.astype(float))) for u, g in labels.groupby("user_id")}
+
+
+def ranked_lists(scored: pd.DataFrame, score_column: str, k: int) -> dict[int, list[int]]:
+    top = scored.sort_values(["user_id", score_column], ascending=[True, False]).groupby("user_id").head(k)
+    return {int(u): g.item_idx.astype(int).tolist() for u, g in top.groupby("user_id")}
+
+
+def baseline_lists(events_np, catalog, test_users, test_time, exclude, k, config: TrainConfig) -> dict[str, dict]:
+    """Popularity, trending, co-visitation and BPR, fitted on everything before the test period."""
+    past = events_np[events_np.ts < test_time]
+    n_items = len(catalog.item_ids)
+    user_idx = catalog.user_ids.to_idx(test_users)
+    exclude_by_idx = {int(u): ex for u, ex in zip(user_idx, exclude)}
+    popularity = PopularityRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
+    trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=test_time)
+    covisit = CoVisitationRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
+    bpr = BPRRecommender(len(catalog.user_ids), n_items, config.bpr).fit(past.user_idx.to_numpy(), past.item_idx.to_numpy())
+    lists = {}
+    for name, model in {"popularity": popularity, "trending": trending, "covisitation": covisit, "bpr_mf": bpr}.items():
+        recs = model.recommend(user_idx, k, exclude_by_idx)
+        lists[name] = {int(u): r for u, r in zip(test_users, recs)}
+    return lists
+
+
+def candidate_recall(rows: pd.DataFrame, relevant: dict[int, dict[int, float]], ks=(100, 500)) -> dict[str, float]:
+    """Share of test positives each source (and their union) hands to the ranker."""
+    out = {}
+    total = sum(len(v) for v in relevant.values())
+    for source in ("two_tower", "trending", "covisit", "union"):
+        chosen = rows if source == "union" else rows[rows[f"from_{source}"] == 1]
+        for k in ks:
+            if source == "two_tower":
+                chosen_k = chosen[chosen.retrieval_rank <= k]
+            else:
+                chosen_k = chosen.sort_values(["user_id", "retrieval_score"], ascending=[True, False]).groupby("user_id").head(k) \
+                    if source == "union" else chosen
+            hits = sum(int(i) in relevant.get(int(u), {}) for u, i in zip(chosen_k.user_id, chosen_k.item_idx))
+            out[f"{source}@{k}"] = round(hits / max(total, 1), 4)
+    return out
+
+
+# ---------------------------------------------------------------- the whole pipeline --------------
+
+
+def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
+                 config: TrainConfig | None = None) -> Path:
+    """Train the two-stage recommender; write the report and a versioned bundle; return its path."""
+    from training.bundle import new_version
+
+    config = config or TrainConfig()
+    timer = StepTimer()
+    version = new_version()
+    work = settings.data_dir / "training" / version
+    first_day, last_day = event_date_range(settings.raw_dir)
+    split = TimeSplit.from_days(first_day, last_day, config.test_days, config.val_days, config.ranker_days)
+    console.print(f"time split: {split.to_dict()}")
+    events = read_events(spark, settings.raw_dir, split.start, split.end).cache()
+    catalog = load_catalog(spark, settings)
+    events_np = timer.run("events", events_frame, events, work / "events", catalog)
+
+    two_tower, user_spec, items_in, retrieval_stats = timer.run(
+        "retrieval: Feast training set + two-tower", train_retrieval, store, spark, events, split, catalog,
+        config, work, settings)
+    model = two_tower.model
+
+    # Ranker training / validation requests and their candidates.
+    def ranker_set(name: str, start: date, end: date, limit: int) -> pd.DataFrame:
+        labels = req.sample_requests(req.daily_requests(events, start, end), limit, config.seed)
+        write_parquet(labels, work / f"{name}_labels")
+        labels_pd = pd.read_parquet(work / f"{name}_labels")
+        requests = with_user_features(store, spark, labels, work / f"{name}_users")
+        times = epoch_seconds(requests["event_timestamp"])
+        exclude = seen_before(events_np, catalog.user_ids.to_idx(requests["user_id"]), times)
+        rows = candidate_rows(generator, requests, labels_pd, catalog, user_spec, exclude)
+        return with_ranking_features(store, spark, rows, work / f"{name}_rows")
+
+    def make_generator(before: int) -> CandidateGenerator:
+        trending, covisit = fit_sources(events_np, before, catalog)
+        return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
+                                  config.candidates)
+
+    user_probe = user_features(pd.read_parquet(work / "retrieval_val_users"), catalog.user_ids,
+                               catalog.item_ids, user_spec)
+    item_emb, index, ann_recall = timer.run("faiss index", build_index, model, items_in, user_probe)
+    generator = make_generator(to_epoch(split.ranker_start))
+    ranker_train = timer.run("ranker training set (Feast ranking service)", ranker_set, "ranker_train",
+                             split.ranker_start, split.val_start, config.max_ranker_requests)
+    ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start,
+                           split.test_start, config.max_val_requests)
+    train_rows, val_rows = keep_informative(ranker_train), keep_informative(ranker_val)
+    spec = fit_feature_spec(train_rows)
+    ranker = timer.run("lightgbm lambdarank", lgbm_ranker.train_ranker, train_rows, val_rows, spec, config.ranker)
+    console.print(f"  ranker: {len(train_rows):,} rows, best iteration {ranker.best_iteration}, "
+                  f"val ndcg@10 {ranker.best_score:.4f}")
+
+    # Test: one request per user at the start of the test period, sources refitted up to then.
+    test_time = to_epoch(split.test_start)
+    generator = make_generator(test_time)
+    test_labels = req.window_requests(events, split.test_start, split.end)
+    test_labels = req.sample_requests(test_labels, config.max_test_users, config.seed)
+    write_parquet(test_labels, work / "test_labels")
+    test_labels_pd = pd.read_parquet(work / "test_labels")
+    test_requests = with_user_features(store, spark, test_labels, work / "test_users")
+    # Evaluated users: history before the test period and interactions in it.
+    test_requests = test_requests[test_requests["user_daily__weighted_events_30d"].notna()
+                                  | test_requests["user_recent_history__recent_item_ids"].notna()]
+    test_users = test_requests["user_id"].to_numpy()
+    exclude = seen_before(events_np, catalog.user_ids.to_idx(test_users), np.full(len(test_users), test_time))
+    test_rows = timer.run("test candidates + Feast features", lambda: with_ranking_features(
+        store, spark, candidate_rows(generator, test_requests, test_labels_pd, catalog, user_spec, exclude),
+        work / "test_rows"))
+    test_rows["ranker_score"] = lgbm_ranker.score(ranker.booster, test_rows, spec)
+    relevant = {u: r for u, r in relevant_items(test_labels_pd, catalog).items() if u in set(test_users.tolist())}
+
+    k_max = max(KS)
+    lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
+    lists["two_tower"] = ranked_lists(test_rows[test_rows.from_two_tower == 1], "retrieval_score", k_max)
+    lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
+    popularity = np.bincount(events_np.item_idx[events_np.ts < test_time], minlength=len(catalog.item_ids))
+    results = {name: ranking_metrics(recs, relevant, KS, popularity, len(catalog.item_ids))
+               for name, recs in lists.items()}
+    recall_by_source = candidate_recall(test_rows, relevant)
+    stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
+             "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
+             "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration}
+    return write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
+                         ranker, spec, catalog, generator, store, work)
+
+
+def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, ranker,
+                  spec, catalog, generator, store, work) -> Path:
+    from training.bundle import write_bundle
+    from training.evaluation.report import write_report
+
+    report_dir = settings.reports_dir / "training" / version
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "Two-tower training": plot_training_curves(two_tower.history, report_dir / "two_tower_curves.png"),
+        "Ranker validation NDCG": lgbm_ranker.plot_ranker_curves(ranker.evals_result, report_dir / "ranker_curves.png"),
+        "Ranker feature importance (gain)": lgbm_ranker.plot_feature_importance(
+            ranker.feature_importance, report_dir / "feature_importance.png"),
+    }
+    baselines = {k: v for k, v in results.items() if k != "two_stage"}
+    best_name = max(baselines, key=lambda k: baselines[k]["ndcg@10"])
+    best, ours = baselines[best_name]["ndcg@10"], results["two_stage"]["ndcg@10"]
+    lift = (ours / best - 1) if best > 0 else float("inf")
+    stats["lift_ndcg@10_vs_best_baseline"] = {"baseline": best_name, "lift": round(lift, 4)}
+    notes = [f"Time split: {split.to_dict()}",
+             f"Two-stage NDCG@10 {ours:.4f} vs best baseline {best_name} {best:.4f}: {lift:+.1%}",
+             f"Candidate recall on the test window: {stats['candidate_recall']}",
+             f"FAISS recall@100 vs exact search: {stats['faiss_recall_at_100_vs_exact']:.4f}",
+             f"Step timings (s): {stats['seconds']}"]
+    json_path, html_path = write_report(report_dir, results, {"plots": plots, "notes": notes})
+    (report_dir / "training_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+
+    features = service_features(store, RANKING_SERVICE)
+    covisit, trending = generator.covisit, generator.trending
+    writers = {
+        "two_tower/two_tower.pt": lambda p: two_tower.model.save(p.parent),
+        "two_tower/two_tower_config.json": lambda p: None,  # written by the line above
+        "user_inputs.json": lambda p: p.write_text(user_spec.to_json()),
+        "faiss.index": lambda p: ann_index.save_index(index, p),
+        "item_embeddings.npy": lambda p: np.save(p, item_emb, allow_pickle=False),
+        "ranker.txt": lambda p: lgbm_ranker.save_ranker(ranker.booster, p),
+        "ranker_spec.json": lambda p: p.write_text(spec.to_json()),
+        "item_ids.npy": lambda p: np.save(p, catalog.item_ids.ids, allow_pickle=False),
+        "user_ids.npy": lambda p: np.save(p, catalog.user_ids.ids, allow_pickle=False),
+        "categories.json": lambda p: p.write_text(json.dumps(catalog.categories)),
+        "item_available_from.npy": lambda p: np.save(p, catalog.available_from, allow_pickle=False),
+        "covisitation.npz": lambda p: sp.save_npz(p, covisit.matrix.tocsr()),
+        "trending_scores.npy": lambda p: np.save(p, trending.item_scores, allow_pickle=False),
+    }
+    manifest = {
+        "feature_service": RANKING_SERVICE,
+        "features": features.columns,
+        "retrieval_feature_service": RETRIEVAL_SERVICE,
+        "retrieval_features": service_features(store, RETRIEVAL_SERVICE).columns,
+        "ranker_features": spec.columns,
+        "training_window": split.to_dict(),
+        "data_fingerprint": data_fingerprint(settings),
+        "metrics": {name: {k: v for k, v in m.items() if k.endswith("@10")} for name, m in results.items()},
+        "candidates": asdict(generator.config),
+    }
+    bundle = write_bundle(settings.artifacts_dir / "models", version, writers, manifest)
+    console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
+    return bundle
+
+
+def data_fingerprint(settings: Settings) -> str:
+    """sha256 over the raw files' names, sizes and modification times (cheap, changes with the data)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(settings.raw_dir.rglob("*.parquet")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(settings.raw_dir)}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()
