@@ -59,7 +59,8 @@ class TrainConfig:
     two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
         epochs=8, batch_size=1024, progress=sys.stderr.isatty()))
     ranker: lgbm_ranker.RankerConfig = field(default_factory=lgbm_ranker.RankerConfig)
-    bpr: BPRConfig = field(default_factory=BPRConfig)
+    bpr: BPRConfig = field(default_factory=lambda: BPRConfig(
+        batch_size=8192, epochs=10, lr=0.03, progress=sys.stderr.isatty()))
     seed: int = 7
 
 
@@ -249,7 +250,8 @@ def baseline_lists(events_np, catalog, test_users, test_time, exclude, k, config
     popularity = PopularityRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
     trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=test_time)
     covisit = CoVisitationRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
-    bpr = BPRRecommender(len(catalog.user_ids), n_items, config.bpr).fit(past.user_idx.to_numpy(), past.item_idx.to_numpy())
+    pairs = past[["user_idx", "item_idx"]].drop_duplicates()
+    bpr = BPRRecommender(len(catalog.user_ids), n_items, config.bpr).fit(pairs.user_idx.to_numpy(), pairs.item_idx.to_numpy())
     lists = {}
     for name, model in {"popularity": popularity, "trending": trending, "covisitation": covisit, "bpr_mf": bpr}.items():
         recs = model.recommend(user_idx, k, exclude_by_idx)

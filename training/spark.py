@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 
+import feast  # noqa: F401  (importing Feast installs its warning filters; ours must come after)
 from pyspark.sql import SparkSession
 
 from training.settings import get_settings
 
 MIN_JAVA_MAJOR = 17
+# Feast labels its Spark store "alpha" on every call; say it once in the README, not per query.
+warnings.filterwarnings("ignore", message=r"The spark (data source API|offline store) is an experimental")
 
 
 class JavaNotFoundError(RuntimeError):

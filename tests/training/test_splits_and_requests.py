@@ -1,0 +1,71 @@
+"""Time splits and labelled requests (Spark) on hand-built events."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from tests.conftest import event, utc
+from training.data.schema import SCHEMAS
+from training.datasets import requests as req
+from training.datasets.splits import TimeSplit
+
+
+def test_split_periods_are_consecutive_days_ending_at_the_data():
+    split = TimeSplit.from_days(date(2026, 1, 1), date(2026, 3, 1), test_days=7, val_days=7, ranker_days=14)
+    assert split.end == date(2026, 3, 2)
+    assert split.test_start == date(2026, 2, 23)
+    assert split.val_start == date(2026, 2, 16)
+    assert split.ranker_start == date(2026, 2, 2)
+    assert split.start == date(2026, 1, 1)
+
+
+def test_split_refuses_too_little_data_and_disordered_periods():
+    with pytest.raises(ValueError, match="cannot hold test=7, validation=7, ranker=14"):
+        TimeSplit.from_days(date(2026, 1, 1), date(2026, 1, 20))
+    with pytest.raises(ValueError, match="non-empty and in order"):
+        TimeSplit(date(2026, 1, 5), date(2026, 1, 4), date(2026, 1, 6), date(2026, 1, 7), date(2026, 1, 8))
+
+
+EVENTS = [
+    event(1, 10, "view", utc(2026, 1, 2, 8), device="desktop"),
+    event(1, 10, "add_to_cart", utc(2026, 1, 2, 9), device="mobile"),
+    event(1, 11, "view", utc(2026, 1, 2, 23, 59)),
+    event(1, 12, "purchase", utc(2026, 1, 3, 0, 0), rating=5.0),
+    event(2, 10, "click", utc(2026, 1, 1, 12), device="tablet"),
+]
+
+
+@pytest.fixture
+def events_df(spark):
+    return spark.createDataFrame(pd.DataFrame(EVENTS).astype({"rating": "float64"}),
+                                 schema=None).select(*SCHEMAS["events"].names)
+
+
+def test_daily_requests_grade_by_strongest_event_and_take_first_device(events_df):
+    rows = req.daily_requests(events_df, date(2026, 1, 2), date(2026, 1, 4)).toPandas()
+    rows = rows.sort_values(["request_id", "item_id"]).reset_index(drop=True)
+    assert rows["request_id"].tolist() == ["1:20260102", "1:20260102", "1:20260103"]
+    assert rows["item_id"].tolist() == [10, 11, 12]
+    assert rows["label"].tolist() == [3, 1, 4]  # add_to_cart beats view; purchase = 4
+    assert rows["device"].tolist() == ["desktop", "desktop", "mobile"]
+    assert rows["event_timestamp"].dt.tz_localize(None).tolist() == [
+        pd.Timestamp("2026-01-02"), pd.Timestamp("2026-01-02"), pd.Timestamp("2026-01-03")]
+
+
+def test_window_request_labels_everything_after_the_request_time(events_df):
+    rows = req.window_requests(events_df, date(2026, 1, 2), date(2026, 1, 10)).toPandas()
+    assert set(rows["user_id"]) == {1}  # user 2's event is before the request
+    assert dict(zip(rows["item_id"], rows["label"])) == {10: 3, 11: 1, 12: 4}
+
+
+def test_sampling_keeps_whole_requests_deterministically(events_df):
+    rows = req.daily_requests(events_df, date(2026, 1, 1), date(2026, 1, 4))
+    a = req.sample_requests(rows, 2, seed=1).toPandas()
+    b = req.sample_requests(rows, 2, seed=1).toPandas()
+    assert a["request_id"].nunique() == 2
+    assert sorted(a["request_id"]) == sorted(b["request_id"])
+    full = rows.toPandas().groupby("request_id").size()
+    assert (a.groupby("request_id").size() == full[a["request_id"].unique()]).all()

@@ -1,0 +1,68 @@
+"""The whole training pipeline on a small synthetic world: real Spark, real Feast (Spark store),
+real models. Slow (a few minutes) but it is the promise users rely on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from training import feast_repo
+from training.bundle import BundleError, load_manifest, resolve_bundle
+from training.data.synthetic import GeneratorConfig, generate
+from training.datasets.point_in_time import service_features
+from training.features.pipeline import run_feature_pipeline
+from training.pipeline import TrainConfig, run_training
+from training.retrieval.candidates import CandidateConfig
+from training.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports")
+    generate(GeneratorConfig(n_users=1_500, n_items=400, n_events=150_000, n_days=40, seed=3),
+             settings.raw_dir, progress=False)
+    run_feature_pipeline(spark, settings, progress=False)
+    repo = feast_repo.make_isolated_repo(root / "repo", f"recsys_train_{uuid.uuid4().hex[:6]}", settings.data_dir)
+    feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(settings.data_dir)})
+    store = feast_repo.feature_store(repo)
+    config = TrainConfig(max_ranker_requests=1_000, max_val_requests=500, max_test_users=800,
+                         candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30))
+    config.two_tower.epochs = 5
+    config.bpr.epochs = 5
+    bundle = run_training(spark, store, settings, config)
+    return bundle, store, settings
+
+
+def test_bundle_is_complete_and_latest(trained):
+    bundle, store, settings = trained
+    assert resolve_bundle(settings.artifacts_dir / "models") == bundle
+    expected = service_features(store, "ranking").columns
+    manifest = load_manifest(bundle, expected_features=expected)
+    assert manifest["feature_service"] == "ranking"
+    assert manifest["features"] == expected
+    for name in ("ranker.txt", "faiss.index", "two_tower/two_tower.pt", "item_ids.npy", "covisitation.npz"):
+        assert (bundle / name).is_file(), name
+    assert (bundle / "ranker.txt").read_text().startswith("tree")
+    assert manifest["training_window"]["test_start"] < manifest["training_window"]["end"]
+
+
+def test_loader_refuses_a_bundle_trained_on_other_features(trained):
+    bundle, store, _ = trained
+    expected = service_features(store, "ranking").columns
+    with pytest.raises(BundleError, match="user_daily__view_count_1d"):
+        load_manifest(bundle, expected_features=[c for c in expected if c != "user_daily__view_count_1d"])
+
+
+def test_two_stage_beats_popularity_and_report_is_written(trained):
+    bundle, _, settings = trained
+    report_dir = settings.reports_dir / "training" / bundle.name
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    for name in ("popularity", "trending", "covisitation", "bpr_mf", "two_tower", "two_stage"):
+        assert {"ndcg@10", "recall@10", "map@10", "mrr@10", "hitrate@50", "coverage@10"} <= set(metrics[name])
+    assert metrics["two_stage"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
+    assert "<img" in (report_dir / "report.html").read_text()
