@@ -259,20 +259,24 @@ def baseline_lists(events_np, catalog, test_users, test_time, exclude, k, config
     return lists
 
 
-def candidate_recall(rows: pd.DataFrame, relevant: dict[int, dict[int, float]], ks=(100, 500)) -> dict[str, float]:
-    """Share of test positives each source (and their union) hands to the ranker."""
+def candidate_recall(generator: CandidateGenerator, users, test_time: int, exclude: list[set[int]],
+                     user_ids: np.ndarray, relevant: dict[int, dict[int, float]], ks=(100, 500)) -> dict[str, float]:
+    """Share of test positives in each source's top-K and in the union of those, on the test window."""
+    limits = {source: max(ks) for source in ("two_tower", "trending", "covisit")}
+    lists = generator.source_lists(users, np.full(len(users), test_time), exclude, limits)
+    total = sum(len(relevant.get(int(u), {})) for u in user_ids)
     out = {}
-    total = sum(len(v) for v in relevant.values())
-    for source in ("two_tower", "trending", "covisit", "union"):
-        chosen = rows if source == "union" else rows[rows[f"from_{source}"] == 1]
-        for k in ks:
-            if source == "two_tower":
-                chosen_k = chosen[chosen.retrieval_rank <= k]
-            else:
-                chosen_k = chosen.sort_values(["user_id", "retrieval_score"], ascending=[True, False]).groupby("user_id").head(k) \
-                    if source == "union" else chosen
-            hits = sum(int(i) in relevant.get(int(u), {}) for u, i in zip(chosen_k.user_id, chosen_k.item_idx))
-            out[f"{source}@{k}"] = round(hits / max(total, 1), 4)
+    for k in ks:
+        hits = dict.fromkeys([*limits, "union"], 0)
+        for user, per_source in zip(user_ids, lists):
+            positives = relevant.get(int(user), {})
+            union = set()
+            for source in limits:
+                top = set(per_source[source][:k])
+                union |= top
+                hits[source] += len(top & positives.keys())
+            hits["union"] += len(union & positives.keys())
+        out.update({f"{source}@{k}": round(h / max(total, 1), 4) for source, h in hits.items()})
     return out
 
 
@@ -356,7 +360,9 @@ def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
     popularity = np.bincount(events_np.item_idx[events_np.ts < test_time], minlength=len(catalog.item_ids))
     results = {name: ranking_metrics(recs, relevant, KS, popularity, len(catalog.item_ids))
                for name, recs in lists.items()}
-    recall_by_source = candidate_recall(test_rows, relevant)
+    recall_by_source = candidate_recall(
+        generator, user_features(test_requests, catalog.user_ids, catalog.item_ids, user_spec), test_time,
+        exclude, test_users, relevant)
     stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
              "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration}

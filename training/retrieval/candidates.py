@@ -48,33 +48,46 @@ class CandidateGenerator:
         Returns one row per (request position, item_idx) with RETRIEVAL_FEATURES, best first by
         two-tower score; items not yet created at the request time or in `exclude` never appear.
         """
-        n = len(users)
-        exclude = exclude or [set() for _ in range(n)]
+        limits = {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
+                  "covisit": self.config.n_covisit}
         user_emb = self.model.user_embeddings(users)
-        ann_scores, ann_items = search(self.index, user_emb, min(self.config.n_ann * 2 + 50, len(self.item_embeddings)))
-        frames = []
-        for row in range(n):
-            frames.append(self._one(row, user_emb[row], ann_items[row], users.history[row],
-                                    int(request_times[row]), exclude[row]))
+        frames = [self._candidates(row, user_emb[row], lists)
+                  for row, lists in enumerate(self.source_lists(users, request_times, exclude, limits, user_emb))]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["position", "item_idx"])
 
-    def _one(self, row: int, user_vector: np.ndarray, ann_items: np.ndarray, history: np.ndarray,
-             request_time: int, exclude: set[int]) -> pd.DataFrame:
-        available = self.item_available_from <= request_time
-        blocked = set(exclude)
+    def source_lists(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
+                     limits: dict[str, int], user_emb: np.ndarray | None = None) -> list[dict[str, list[int]]]:
+        """Per request, each source's ranked items (at most `limits[source]`), allowed items only."""
+        exclude = exclude or [set() for _ in range(len(users))]
+        user_emb = self.model.user_embeddings(users) if user_emb is None else user_emb
+        _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
+        out = []
+        for row in range(len(users)):
+            request_time = int(request_times[row])
+            available = self.item_available_from <= request_time
+            seeds = users.history[row][users.history[row] < len(available)][: self.config.covisit_seeds]
+            blocked = set(exclude[row]) | set(seeds.tolist())
 
-        def allowed(items) -> list[int]:
-            return [int(i) for i in items if 0 <= i < len(available) and available[i] and int(i) not in blocked]
+            def ranked(items, scores=None, limit=0) -> list[int]:
+                keep = [int(i) for i in items if available[i] and int(i) not in blocked
+                        and (scores is None or scores[i] > 0)]
+                return keep[:limit]
 
-        ann = allowed(ann_items)[: self.config.n_ann]
-        trending_scores = self._trending_scores(request_time)
-        trending = allowed(np.argsort(-trending_scores, kind="stable")[: self.config.n_trending * 3])
-        trending = [i for i in trending if trending_scores[i] > 0][: self.config.n_trending]
-        seeds = history[history < len(available)][: self.config.covisit_seeds]
-        covisit_scores = self._covisit_scores(seeds)
-        covisit = allowed(np.argsort(-covisit_scores, kind="stable")[: self.config.n_covisit * 3])
-        covisit = [i for i in covisit if covisit_scores[i] > 0 and i not in set(seeds.tolist())][: self.config.n_covisit]
+            trending = self._trending_scores(request_time)
+            covisit = self._covisit_scores(seeds)
+            out.append({
+                "two_tower": ranked(ann_items[row][ann_items[row] >= 0], limit=limits["two_tower"]),
+                "trending": ranked(_top(trending, limits["trending"] * 3 + len(blocked)), trending,
+                                   limits["trending"]),
+                "covisit": ranked(_top(covisit, limits["covisit"] * 3 + len(blocked)), covisit,
+                                  limits["covisit"]),
+                "_scores": (trending, covisit),
+            })
+        return out
 
+    def _candidates(self, row: int, user_vector: np.ndarray, lists: dict) -> pd.DataFrame:
+        ann, trending, covisit = lists["two_tower"], lists["trending"], lists["covisit"]
+        trending_scores, covisit_scores = lists["_scores"]
         items = np.array(list(dict.fromkeys(ann + trending + covisit)), dtype=np.int64)
         ann_rank = {item: rank for rank, item in enumerate(ann, start=1)}
         frame = pd.DataFrame({
@@ -98,6 +111,13 @@ class CandidateGenerator:
             return np.zeros(len(self.item_embeddings))
         rows = self.covisit.matrix[seeds]
         return np.bincount(rows.indices, weights=rows.data, minlength=len(self.item_embeddings))
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n highest scores, best first (ties by lower index)."""
+    n = min(n, len(scores))
+    top = np.argpartition(-scores, n - 1)[:n] if n else np.empty(0, dtype=np.int64)
+    return top[np.lexsort((top, -scores[top]))]
 
 
 def primary_source(frame: pd.DataFrame) -> pd.Series:
