@@ -113,7 +113,7 @@ def demo(
     items: int = typer.Option(5_000),
     days: int = typer.Option(60),
 ) -> None:
-    """The whole chain on synthetic data: generate -> features -> feast apply -> materialize."""
+    """The whole chain on synthetic data: generate -> features -> feast apply -> materialize -> train."""
     started = time.perf_counter()
     doctor()
     generate(events=events, users=users, items=items, days=days, seed=42, drift=False)
@@ -121,6 +121,7 @@ def demo(
     apply()
     materialize(end=None)
     show_online_features(user_ids=None)
+    train(max_ranker_requests=4_000, epochs=8)
     console.print(f"[bold green]Demo finished in {time.perf_counter() - started:.0f}s[/]")
 
 

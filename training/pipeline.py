@@ -31,7 +31,7 @@ from training.evaluation.metrics import ranking_metrics
 from training.features.pipeline import event_date_range
 from training.features.raw_io import read_events, read_items
 from training.ranking import lgbm_ranker
-from training.ranking.frame import fit_feature_spec
+from training.ranking.frame import DEFAULT_EXCLUDE, fit_feature_spec
 from training.retrieval import ann_index
 from training.retrieval.baselines import CoVisitationRecommender, PopularityRecommender, TrendingRecommender
 from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig, CandidateGenerator
@@ -329,7 +329,7 @@ def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
     ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start,
                            split.test_start, config.max_val_requests)
     train_rows, val_rows = keep_informative(ranker_train), keep_informative(ranker_val)
-    spec = fit_feature_spec(train_rows)
+    spec = fit_feature_spec(train_rows, exclude=(*DEFAULT_EXCLUDE, "item_idx"))  # ids are not features
     ranker = timer.run("lightgbm lambdarank", lgbm_ranker.train_ranker, train_rows, val_rows, spec, config.ranker)
     console.print(f"  ranker: {len(train_rows):,} rows, best iteration {ranker.best_iteration}, "
                   f"val ndcg@10 {ranker.best_score:.4f}")

@@ -49,6 +49,8 @@ def test_bundle_is_complete_and_latest(trained):
         assert (bundle / name).is_file(), name
     assert (bundle / "ranker.txt").read_text().startswith("tree")
     assert manifest["training_window"]["test_start"] < manifest["training_window"]["end"]
+    assert not {"item_idx", "item_id", "user_id", "label", "request_id"} & set(manifest["ranker_features"])
+    assert "retrieval_score" in manifest["ranker_features"]
 
 
 def test_loader_refuses_a_bundle_trained_on_other_features(trained):
