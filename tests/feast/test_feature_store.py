@@ -123,3 +123,24 @@ def test_point_in_time_join_takes_latest_earlier_row_within_ttl(store, spark):
     result = job.to_spark_df().toPandas().sort_values("request_id")
     got = [None if pd.isna(v) else int(v) for v in result["popularity_7d"]]
     assert got == [r[1] for r in requests]
+
+
+def test_per_entity_group_join_equals_one_direct_call(store, spark):
+    from training.datasets.point_in_time import join_feature_service, join_feature_service_direct
+
+    fs, *_ = store
+    rows = pd.DataFrame({
+        "request_id": range(6),
+        "user_id": [1, 1, 2, 2, 1, 999],
+        "item_id": [10, 11, 10, 12, 12, 10],
+        "category": ["books", "games", "books", "books", "books", "books"],
+        "event_timestamp": [utc(2026, 1, 2), utc(2026, 1, 3, 5), utc(2026, 1, 4), utc(2026, 1, 6),
+                            utc(2026, 1, 7), utc(2026, 1, 5)],
+    })
+    sdf = spark.createDataFrame(rows)
+    ours = join_feature_service(fs, sdf, "ranking").toPandas().sort_values("request_id").reset_index(drop=True)
+    direct = join_feature_service_direct(fs, sdf, "ranking").toPandas().sort_values("request_id").reset_index(drop=True)
+    assert sorted(ours.columns) == sorted(direct.columns)
+    pd.testing.assert_frame_equal(ours[sorted(ours.columns)], direct[sorted(direct.columns)], check_dtype=False)
+    assert ours.loc[0, "user_daily__view_count_1d"] == 1  # user 1 viewed item 10 on Jan 1
+    assert pd.isna(ours.loc[5, "user_daily__view_count_1d"])  # unknown user
