@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.api.deps import ServicesDep
+from serving.api.errors import ServingError
+from serving.api.schemas import ErrorResponse, Health, ModelResponse, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+def readyz(services: ServicesDep):
+    """Ready when a model is loaded and Redis answers; 503 (with the reasons) otherwise."""
+    state = services.readiness()
+    return JSONResponse(Readiness(**state).model_dump(), status_code=200 if state["ready"] else 503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics: requests and latency per endpoint, latency per stage, fallbacks, reloads."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/model", response_model=ModelResponse, responses={503: {"model": ErrorResponse}})
+def model(services: ServicesDep) -> ModelResponse:
+    """The bundle in service: version and manifest; plus the last reload problem, if any."""
+    holder = services.holder
+    current = holder.current
+    if current is None:
+        raise ServingError(503, f"no model bundle loaded yet: {holder.last_error or 'loading'}")
+    return ModelResponse(version=current.version, bundle_dir=str(current.bundle_dir),
+                         loaded_at=datetime.fromtimestamp(current.loaded_at, tz=timezone.utc),
+                         manifest=current.manifest, last_reload_error=holder.last_error,
+                         rejected_bundles=dict(holder.rejected))

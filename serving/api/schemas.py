@@ -1,0 +1,102 @@
+"""Request and response models (they document the API in /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what went wrong, in words")
+    details: list[dict[str, Any]] | None = Field(None, description="per-field or per-event problems")
+    request_id: str | None = None
+
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    score: float = Field(description="final score, after business rules (e.g. freshness boost)")
+    ranker_score: float | None = Field(description="the LightGBM ranker's score (null in the trending fallback)")
+    source: str = Field(description="candidate source: two_tower | trending | covisit")
+    category: str | None = None
+    is_new: bool = False
+
+
+class RecommendationResponse(BaseModel):
+    request_id: str
+    user_id: int
+    model_version: str
+    variant: str | None = None
+    k: int
+    items: list[RecommendedItem]
+    cold_start: bool = Field(description="the user has no online history: context-aware trending items")
+    degraded: bool = Field(description="part of the online store did not answer: a fallback was used")
+    reasons: list[str] = Field(default_factory=list, description="why the response is degraded, if it is")
+    n_candidates: int
+    timings_ms: dict[str, float]
+
+
+class SimilarItem(BaseModel):
+    item_id: int
+    score: float
+    source: str
+    category: str | None = None
+
+
+class SimilarItemsResponse(BaseModel):
+    item_id: int
+    model_version: str
+    k: int
+    embedding_neighbours: list[SimilarItem] = Field(description="FAISS neighbours of the item's two-tower embedding")
+    covisitation: list[SimilarItem] = Field(description="items most co-visited with it (training events)")
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "user_id": 42, "item_id": 1234, "event_type": "click", "timestamp": "2026-03-01T12:00:00Z",
+        "device": "mobile"}})
+
+    user_id: int
+    item_id: int
+    event_type: str = Field(description="view | click | add_to_cart | purchase")
+    timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now")
+    device: str | None = Field(None, description="mobile | desktop | tablet; default from settings")
+    rating: float | None = Field(None, description="1..5, optional")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn]
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    users: list[int]
+    files: list[str] = Field(description="event-log parquet files written (raw events layout)")
+    online_updated: bool = Field(description="the users' recent history was pushed to the online store")
+    degraded: bool
+    error: str | None = None
+
+
+class ModelResponse(BaseModel):
+    version: str
+    bundle_dir: str
+    loaded_at: datetime
+    manifest: dict[str, Any]
+    last_reload_error: str | None = None
+    rejected_bundles: dict[str, str] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_loaded: bool
+    model_version: str | None
+    redis_reachable: bool
+    item_cache_age_s: float | None
+    details: dict[str, Any] = Field(default_factory=dict)

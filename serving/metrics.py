@@ -1,0 +1,60 @@
+"""Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
+                   0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+STAGES = ("retrieval", "features", "ranking", "rules")
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("recsys_http_requests_total", "HTTP requests by endpoint and status",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("recsys_http_request_duration_seconds", "HTTP request latency by endpoint",
+                                 ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("recsys_stage_duration_seconds",
+                               "Recommendation stage latency (retrieval, features, ranking, rules)",
+                               ["endpoint", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.candidates = Histogram("recsys_candidates", "Candidates scored per recommendation",
+                                    buckets=(0, 10, 50, 100, 200, 300, 400, 500, 600, 800, 1000, 2000),
+                                    registry=r)
+        self.responses = Counter("recsys_recommendations_total", "Recommendations by kind",
+                                 ["kind"], registry=r)  # personalized | cold_start | degraded
+        self.events = Counter("recsys_events_total", "Events accepted by POST /events", ["outcome"], registry=r)
+        self.model_info = Gauge("recsys_model_info", "Bundles loaded: 1 for the one in service, 0 for earlier ones",
+                                ["version"], registry=r)
+        self.reloads = Counter("recsys_model_reloads_total", "Bundle reload attempts", ["result"], registry=r)
+        self.redis_up = Gauge("recsys_online_store_up", "1 when Redis answered the last health check", registry=r)
+        self.item_cache_age = Gauge("recsys_item_cache_age_seconds", "Age of the item feature snapshot",
+                                    registry=r)
+        self.item_cache_refresh = Histogram("recsys_item_cache_refresh_seconds", "Item cache refresh duration",
+                                            ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                            registry=r)
+        self.served_log = Counter("recsys_served_log_records_total", "Served-log records",
+                                  ["outcome"], registry=r)  # queued | written | dropped | failed
+
+    @contextmanager
+    def time_stage(self, stage: str, timings: dict[str, float], endpoint: str = "recommendations") -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            timings[stage] = timings.get(stage, 0.0) + seconds
+            self.stage.labels(endpoint, stage).observe(seconds)
+
+    def set_model(self, version: str) -> None:
+        previous = getattr(self, "_model_version", None)
+        if previous is not None and previous != version:
+            self.model_info.labels(previous).set(0)  # 1 marks the version in service
+        self._model_version = version
+        self.model_info.labels(version).set(1)

@@ -1,0 +1,249 @@
+"""A model bundle loaded for serving, and the holder that hot-swaps it.
+
+`LoadedModel.load` reads every file `training.pipeline.write_outputs` puts in a bundle, after
+`load_manifest` has verified the checksums and the feature list against the live Feast
+`ranking` service, then smoke-tests the pieces together (one user embedding, one FAISS search,
+one ranker prediction on an empty frame). Anything wrong raises `BundleError`, so a broken bundle
+is never swapped in.
+
+The bundle stores trending scores and the co-visitation matrix as arrays; `CandidateGenerator`
+expects a fitted `TrendingRecommender` (`scores_as_of(t)`) and `CoVisitationRecommender`
+(`.matrix`), so two small adapters stand in for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+
+from training.bundle import BundleError, load_manifest, resolve_bundle
+from training.ranking import lgbm_ranker
+from training.ranking.frame import FeatureSpec
+from training.retrieval.ann_index import load_index
+from training.retrieval.candidates import CandidateConfig, CandidateGenerator
+from training.retrieval.inputs import IdMap, UserInputSpec
+from training.retrieval.two_tower import TwoTowerModel
+
+log = logging.getLogger("serving.model")
+
+
+class BundleTrending:
+    """`TrendingRecommender` stand-in over the bundle's `trending_scores.npy`.
+
+    The bundle holds the scores as of the end of training; serving has no later events in memory,
+    so every request time gets those scores (they only decay with time, which preserves order)."""
+
+    def __init__(self, item_scores: np.ndarray) -> None:
+        self.item_scores = np.asarray(item_scores, dtype=np.float64)
+        self.n_items = len(self.item_scores)
+        # Descending order, ties by lower index (the order `top_k_items` uses), computed once.
+        self.order = np.lexsort((np.arange(self.n_items), -self.item_scores))
+
+    def scores_as_of(self, as_of: int) -> np.ndarray:  # noqa: ARG002 - same scores at any time
+        return self.item_scores
+
+
+class BundleCovisitation:
+    """`CoVisitationRecommender` stand-in over the bundle's `covisitation.npz` (item x item CSR)."""
+
+    def __init__(self, matrix: sp.csr_matrix) -> None:
+        self.matrix = matrix.tocsr()
+        self.n_items = self.matrix.shape[0]
+
+    def similar_items(self, item_idx: int, k: int) -> list[tuple[int, float]]:
+        start, end = self.matrix.indptr[item_idx], self.matrix.indptr[item_idx + 1]
+        items, scores = self.matrix.indices[start:end], self.matrix.data[start:end]
+        keep = (items != item_idx) & (scores > 0)
+        items, scores = items[keep], scores[keep]
+        order = np.lexsort((items, -scores))[:k]
+        return [(int(items[i]), float(scores[i])) for i in order]
+
+
+@dataclass
+class LoadedModel:
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    two_tower: TwoTowerModel
+    user_spec: UserInputSpec
+    index: faiss.Index
+    item_embeddings: np.ndarray
+    booster: lgb.Booster
+    spec: FeatureSpec
+    item_ids: IdMap
+    user_ids: IdMap
+    categories: list[str]
+    item_available_from: np.ndarray
+    trending: BundleTrending
+    covisit: BundleCovisitation
+    generator: CandidateGenerator
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, expected_features: list[str] | None,
+             candidates: CandidateConfig) -> LoadedModel:
+        bundle_dir = Path(bundle_dir)
+        manifest = load_manifest(bundle_dir, expected_features=expected_features)
+        try:
+            model = cls._read(bundle_dir, manifest, candidates)
+        except BundleError:
+            raise
+        except Exception as error:  # unreadable / inconsistent file: reject the bundle
+            raise BundleError(f"bundle {bundle_dir.name} cannot be loaded: "
+                              f"{type(error).__name__}: {error}") from error
+        model._smoke_test()
+        return model
+
+    @classmethod
+    def _read(cls, bundle_dir: Path, manifest: dict[str, Any], candidates: CandidateConfig) -> LoadedModel:
+        two_tower = TwoTowerModel.load(bundle_dir / "two_tower", device="cpu")
+        user_spec = UserInputSpec.from_json((bundle_dir / "user_inputs.json").read_text())
+        index = load_index(bundle_dir / "faiss.index")
+        item_emb = np.load(bundle_dir / "item_embeddings.npy", allow_pickle=False)
+        booster = lgbm_ranker.load_ranker(bundle_dir / "ranker.txt")
+        spec = FeatureSpec.from_json((bundle_dir / "ranker_spec.json").read_text())
+        item_ids = IdMap(np.load(bundle_dir / "item_ids.npy", allow_pickle=False))
+        user_ids = IdMap(np.load(bundle_dir / "user_ids.npy", allow_pickle=False))
+        categories = json.loads((bundle_dir / "categories.json").read_text())
+        available = np.load(bundle_dir / "item_available_from.npy", allow_pickle=False)
+        trending = BundleTrending(np.load(bundle_dir / "trending_scores.npy", allow_pickle=False))
+        covisit = BundleCovisitation(sp.load_npz(bundle_dir / "covisitation.npz"))
+
+        n_items = len(item_ids)
+        sizes = {"item_embeddings": len(item_emb), "faiss.index": index.ntotal,
+                 "item_available_from": len(available), "trending_scores": trending.n_items,
+                 "covisitation": covisit.n_items, "two_tower items": two_tower.n_items}
+        wrong = {name: size for name, size in sizes.items() if size != n_items}
+        if wrong:
+            raise BundleError(f"bundle {bundle_dir.name}: {n_items} item ids but sizes {wrong}")
+        if booster.feature_name() != spec.columns:
+            raise BundleError(f"bundle {bundle_dir.name}: ranker features differ from ranker_spec.json")
+        generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates)
+        return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, booster, spec, item_ids,
+                   user_ids, categories, available, trending, covisit, generator)
+
+    def _smoke_test(self) -> None:
+        from training.retrieval.two_tower import UserFeatures
+
+        # Build the id maps' hash tables here, before the bundle is shared between threads
+        # (pandas builds them lazily, and not thread-safely, on the first lookup).
+        for ids in (self.item_ids, self.user_ids):
+            if not ids._index.is_unique:  # noqa: SLF001
+                raise BundleError(f"bundle {self.version}: duplicated ids in item_ids.npy / user_ids.npy")
+            ids.to_idx(ids.ids[:1])
+        try:
+            users = UserFeatures(user_idx=np.array([len(self.user_ids)]),
+                                 history=np.full((1, self.user_spec.history_length), self.n_items),
+                                 dense=np.zeros((1, len(self.user_spec.columns)), dtype=np.float32))
+            embedding = self.two_tower.user_embeddings(users)
+            if not np.all(np.isfinite(embedding)):
+                raise BundleError("user tower returns non-finite embeddings")
+            _, found = self.index.search(np.ascontiguousarray(embedding, dtype=np.float32), 1)
+            if self.n_items and found[0, 0] < 0:
+                raise BundleError("FAISS index returns nothing")
+        except BundleError as error:
+            raise BundleError(f"bundle {self.version} failed its smoke test: {error}") from error
+        except Exception as error:
+            raise BundleError(f"bundle {self.version} failed its smoke test: "
+                              f"{type(error).__name__}: {error}") from error
+
+
+class ModelHolder:
+    """The bundle in service, swapped atomically (one reference assignment) by the reloader.
+
+    A request takes `holder.current` once and uses that object throughout, so a reload in the
+    middle of a request never mixes two bundles.
+    """
+
+    def __init__(self, models_dir: Path, version: str, expected_features: Callable[[], list[str] | None],
+                 candidates: CandidateConfig, prepare: Callable[[LoadedModel], None] | None = None,
+                 on_change: Callable[[str, str], None] | None = None) -> None:
+        self.models_dir = Path(models_dir)
+        self.version = version
+        self.expected_features = expected_features
+        self.candidates = candidates
+        self.prepare = prepare  # e.g. fill the item feature cache for a new catalog, before the swap
+        self.on_change = on_change  # (event, detail), for metrics
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self.rejected: dict[str, str] = {}  # version -> why (not retried until `latest` moves)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def check(self) -> bool:
+        """Load the bundle `version` points at if it is not the one in service; True on a swap."""
+        with self._lock:
+            try:
+                bundle = resolve_bundle(self.models_dir, self.version)
+            except BundleError as error:
+                self.last_error = str(error)
+                return False
+            name = bundle.name
+            if (self.current is not None and self.current.version == name) or name in self.rejected:
+                return False
+            started = time.perf_counter()
+            try:
+                model = LoadedModel.load(bundle, self.expected_features(), self.candidates)
+                if self.prepare is not None:
+                    self.prepare(model)
+            except Exception as error:  # noqa: BLE001 - any failure rejects this bundle
+                message = str(error) if isinstance(error, BundleError) else f"{type(error).__name__}: {error}"
+                self.rejected[name] = message
+                self.last_error = f"bundle {name} rejected: {message}"
+                log.error("model bundle %s rejected, keeping %s: %s", name,
+                          self.current.version if self.current else "none", message)
+                self._notify("rejected", name)
+                return False
+            previous = self.current.version if self.current else None
+            self.current = model  # the atomic swap
+            self.last_error = None
+            log.info("model bundle %s in service (was %s), loaded in %.2fs", name, previous,
+                     time.perf_counter() - started)
+            self._notify("loaded", name)
+            return True
+
+    def _notify(self, event: str, version: str) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(event, version)
+            except Exception:  # noqa: BLE001
+                log.exception("model change callback failed")
+
+    def start(self, interval_s: float) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.check()
+                except Exception:  # noqa: BLE001 - the reloader must never die
+                    log.exception("model reload check failed")
+
+        self._thread = threading.Thread(target=loop, name="bundle-reloader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,491 @@
+"""The request path: user features -> user embedding -> candidates -> item features -> ranker ->
+business rules -> top k.
+
+Ranking rows are assembled with the columns the training pipeline gives its ranker
+(`training.pipeline.candidate_rows` + `with_ranking_features`): request_id, user_id,
+event_timestamp (the request time), device, item_idx, the retrieval features of
+`CandidateGenerator`, item_id, category, and the `ranking` service's `<view>__<feature>` columns.
+They are scored by `training.ranking.lgbm_ranker.score`, the one scoring path training uses.
+
+Fallbacks, each visible in the response:
+* cold start (no behaviour and no history online): the candidates are the trending ones, re-ranked
+  by the ranker with the request's context (device, hour, weekday) and whatever profile exists
+  -> "context-aware trending", `cold_start: true`;
+* the online store does not answer (or is marked down by the health check): the bundle's trending
+  list, `degraded: true`; partial failures later in the path (user x category, item features)
+  score with what is available and also set `degraded: true`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from serving.features import (
+    IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemFeatureCache, OnlineFeatures, OnlineStoreUnavailable,
+)
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, ModelHolder
+from serving.rules import RuleConfig, apply_rules
+from serving.served_log import ServedLog
+from training.ranking import lgbm_ranker
+from training.retrieval.candidates import RETRIEVAL_FEATURES, primary_source
+from training.retrieval.inputs import HISTORY_COLUMN, user_features
+
+log = logging.getLogger("serving.recommender")
+
+USER_DAILY_PREFIX = "user_daily__"
+
+
+class ModelNotReady(RuntimeError):
+    pass
+
+
+class Overloaded(RuntimeError):
+    """More requests are waiting than the server works off in reasonable time: shed this one."""
+
+
+class UnknownItem(LookupError):
+    pass
+
+
+class StoreHealth:
+    """Whether to try the online store at all. A failed call marks it down at once; the background
+    health check (a Redis PING every `health_check_interval_s`) marks it up again, so a dead Redis
+    costs one timeout, not one per request, and recovery needs no restart."""
+
+    def __init__(self) -> None:
+        self.available = True
+        self.last_error: str | None = None
+        self.changed_at = time.time()
+
+    def down(self, error: BaseException | str) -> None:
+        if self.available:
+            log.warning("online store marked unavailable: %s", error)
+            self.changed_at = time.time()
+        self.available = False
+        self.last_error = str(error)
+
+    def up(self) -> None:
+        if not self.available:
+            log.info("online store reachable again")
+            self.changed_at = time.time()
+        self.available = True
+        self.last_error = None
+
+
+@dataclass
+class Recommendation:
+    request_id: str
+    user_id: int
+    model_version: str
+    request_time: datetime
+    device: str
+    items: list[dict[str, Any]]
+    cold_start: bool = False
+    degraded: bool = False
+    reasons: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    n_candidates: int = 0
+    rows: pd.DataFrame | None = None  # the ranker's input rows (all scored candidates)
+    ranker_scores: np.ndarray | None = None  # aligned with `rows`
+
+
+def to_utc(when: datetime | None) -> datetime:
+    if when is None:
+        return datetime.now(timezone.utc)
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+class _Pending:
+    """One request waiting in the micro-batcher."""
+
+    __slots__ = ("result", "k", "done", "error")
+
+    def __init__(self, result: Recommendation, k: int) -> None:
+        self.result, self.k = result, k
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class MicroBatcher:
+    """Runs `process(list_of_pending)` in `workers` background threads over whatever requests are
+    waiting (at most `max_batch`). Nothing waits for a batch to fill: an idle worker takes a lone
+    request at once, so at low load a batch is one request; under load, requests that arrive while
+    the workers are busy are scored together. The per-request cost of the pipeline is mostly
+    per-column pandas work (and one Feast round trip per call), which a batch pays once."""
+
+    def __init__(self, process, max_batch: int, workers: int, max_pending: int = 0) -> None:
+        self.process = process
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._queue: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._run, name=f"recommender-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, pending: _Pending) -> None:
+        if self.max_pending and self._queue.qsize() >= self.max_pending:
+            raise Overloaded(f"{self._queue.qsize()} requests already waiting; try again shortly")
+        self._queue.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                self.process(batch)
+            except BaseException as error:  # noqa: BLE001 - handed to the waiting requests
+                for pending in batch:
+                    pending.error = pending.error or error
+            finally:
+                for pending in batch:
+                    pending.done.set()
+
+
+class Recommender:
+    def __init__(self, holder: ModelHolder, online: OnlineFeatures, cache: ItemFeatureCache,
+                 health: StoreHealth, rules: RuleConfig, metrics: ServingMetrics, served_log: ServedLog,
+                 cold_start_candidates: int = 200, item_feature_source: str = "cache",
+                 max_batch: int = 1, batch_workers: int = 1, num_threads: int = 1,
+                 max_pending: int = 0) -> None:
+        self.holder = holder
+        self.online = online
+        self.cache = cache
+        self.health = health
+        self.rules = rules
+        self.metrics = metrics
+        self.served_log = served_log
+        self.cold_start_candidates = cold_start_candidates
+        self.item_feature_source = item_feature_source
+        ranking = set(online.ranking_columns)
+        self.user_columns = [c for c in online._columns(online.user_refs) if c in ranking]  # noqa: SLF001
+        self.user_category_columns = online._columns(online.user_category_refs)  # noqa: SLF001
+        self.num_threads = num_threads
+        self.batcher = MicroBatcher(self._process, max_batch, batch_workers, max_pending) if max_batch > 1 else None
+
+    def model(self) -> LoadedModel:
+        model = self.holder.current
+        if model is None:
+            raise ModelNotReady("no model bundle loaded yet")
+        return model
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    # -------------------------------------------------------------------------- recommendations
+
+    def recommend(self, user_id: int, k: int, device: str, when: datetime | None = None,
+                  keep_rows: bool = False) -> Recommendation:
+        self.model()  # fail fast (503) without a bundle
+        result = Recommendation(uuid.uuid4().hex, int(user_id), "", to_utc(when), device, [])
+        pending = _Pending(result, k)
+        if self.batcher is not None:
+            self.batcher.submit(pending)
+        else:
+            self._process([pending])
+        kind = "degraded" if result.degraded else "cold_start" if result.cold_start else "personalized"
+        self.metrics.responses.labels(kind).inc()
+        if self.served_log.sampled():
+            self.served_log.submit(self._log_record(result), result.rows)
+        if not keep_rows:
+            result.rows = None
+        return result
+
+    def _process(self, batch: list[_Pending]) -> None:
+        """The request path for a batch of requests (one bundle, one call per online lookup)."""
+        model = self.model()
+        _limit_threads(self.num_threads)
+        results = [p.result for p in batch]
+        for result in results:
+            result.model_version = model.version
+        timings: dict[str, float] = {}
+        try:
+            self._pipeline(model, batch, timings)
+        finally:
+            for result in results:
+                result.timings_ms = {s: round(v * 1000, 3) for s, v in timings.items()}
+            for stage, seconds in timings.items():
+                for _ in results:
+                    self.metrics.stage.labels("recommendations", stage).observe(seconds)
+
+    @staticmethod
+    @contextmanager
+    def _stage(name: str, timings: dict[str, float]):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
+    def _pipeline(self, model: LoadedModel, batch: list[_Pending], timings: dict) -> None:
+        stage = self._stage
+        with stage("features", timings):
+            users = self._user_features([p.result for p in batch])
+        if users is None:
+            with stage("rules", timings):
+                for p in batch:
+                    self._trending_fallback(model, p.result, p.k, seen=())
+            return
+        seen: list[list[int]] = []
+        for p, user in zip(batch, users):
+            history = user.get(HISTORY_COLUMN) or []
+            p.result.cold_start = not history and all(
+                user.get(c) is None for c in user if c.startswith(USER_DAILY_PREFIX))
+            seen.append([int(i) for i in history])
+
+        with stage("retrieval", timings):
+            frame = pd.DataFrame([{"user_id": p.result.user_id, **user} for p, user in zip(batch, users)])
+            inputs = user_features(frame, model.user_ids, model.item_ids, model.user_spec)
+            exclude = []
+            for seen_ids in seen:
+                idx = model.item_ids.to_idx(seen_ids) if self.rules.exclude_seen and seen_ids else []
+                exclude.append({int(i) for i in idx if i >= 0})
+            times = np.array([int(p.result.request_time.timestamp()) for p in batch])
+            candidates = model.generator.generate(inputs, times, exclude)
+            cold = np.array([p.result.cold_start for p in batch])
+            if cold.any() and len(candidates):
+                position = candidates["position"].to_numpy()
+                keep = ~cold[position] | (candidates["from_trending"].to_numpy() == 1)
+                candidates = candidates[keep]
+                rank = candidates.groupby("position", sort=False).cumcount().to_numpy()
+                candidates = candidates[~cold[candidates["position"].to_numpy()] | (rank < self.cold_start_candidates)]
+            candidates = candidates.reset_index(drop=True)
+            positions = candidates["position"].to_numpy() if len(candidates) else np.zeros(0, dtype=np.int64)
+            bounds = np.searchsorted(positions, np.arange(len(batch) + 1))  # rows of request i: bounds[i]:bounds[i+1]
+
+        scored = [i for i in range(len(batch)) if bounds[i + 1] > bounds[i]]
+        if scored:
+            with stage("features", timings):
+                rows = self._ranking_rows(model, batch, users, candidates)
+            with stage("ranking", timings):
+                scores = lgbm_ranker.score(model.booster, rows, model.spec)
+        with stage("rules", timings):
+            if scored:
+                is_new_all = pd.to_numeric(rows[IS_NEW_COLUMN], errors="coerce").fillna(0).to_numpy() > 0
+                sources_all = primary_source(candidates).to_numpy()
+                item_ids_all = rows["item_id"].to_numpy()
+                categories_all = rows["category"].to_numpy()
+            for i, p in enumerate(batch):
+                result = p.result
+                start, end = bounds[i], bounds[i + 1]
+                if start == end:
+                    self._trending_fallback(model, result, p.k, seen=seen[i], degraded=False)
+                    continue
+                span = slice(start, end)
+                item_idx = candidates["item_idx"].to_numpy()[span]
+                embeddings = model.item_embeddings[item_idx] if self.rules.diversity == "mmr" else None
+                chosen, final = apply_rules(item_ids_all[span], scores[span], categories_all[span],
+                                            is_new_all[span], p.k, self.rules, seen=seen[i], embeddings=embeddings)
+                chosen = chosen + start
+                result.items = [
+                    {"item_id": int(item_ids_all[j]), "score": float(s), "ranker_score": float(scores[j]),
+                     "source": "trending" if result.cold_start else str(sources_all[j]),
+                     "category": _text(categories_all[j]), "is_new": bool(is_new_all[j])}
+                    for j, s in zip(chosen, final)
+                ]
+                result.rows = rows.iloc[start:end]
+                result.ranker_scores = scores[start:end]
+                result.n_candidates = end - start
+                self.metrics.candidates.observe(end - start)
+
+    def _user_features(self, results: list[Recommendation]) -> list[dict[str, Any]] | None:
+        """One Feast call for the batch's users; None (all degraded) when the store is down."""
+        if not self.health.available:
+            reason = f"online store unavailable ({self.health.last_error})"
+        else:
+            try:
+                return self.online.users([r.user_id for r in results])
+            except OnlineStoreUnavailable as error:
+                self.health.down(error)
+                reason = str(error)
+        for result in results:
+            result.degraded = True
+            result.reasons.append(reason)
+        return None
+
+    def _item_features(self, results: list[Recommendation], item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        snapshot = self.cache.snapshot
+        if self.item_feature_source == "cache" and snapshot is not None and self.cache.fresh():
+            return snapshot.take(item_ids)
+        if self.health.available:
+            try:
+                return self.online.items(item_ids)  # exact, uncached (naive path, or the cache is too old)
+            except OnlineStoreUnavailable as error:
+                self.health.down(error)
+        if snapshot is not None:
+            reason = f"item features from a {snapshot.age():.0f}s old cache (online store down)"
+            taken = snapshot.take(item_ids)
+        else:
+            reason = "no item features (online store down, no cache)"
+            columns = self.online._columns(self.online.item_refs)  # noqa: SLF001
+            taken = {c: self.online.as_array(c, [None] * len(item_ids)) for c in columns}
+        for result in results:
+            result.degraded = True
+            result.reasons.append(reason)
+        return taken
+
+    def _ranking_rows(self, model: LoadedModel, batch: list[_Pending], users: list[dict[str, Any]],
+                      candidates: pd.DataFrame) -> pd.DataFrame:
+        results = [p.result for p in batch]
+        position = candidates["position"].to_numpy()
+        item_idx = candidates["item_idx"].to_numpy()
+        item_ids = model.item_ids.to_ids(item_idx)
+        items = self._item_features(results, item_ids)
+        categories = items[ITEM_CATEGORY_COLUMN]
+        wanted = {}
+        for i in np.unique(position):
+            cats = pd.unique(categories[position == i])
+            wanted[int(i)] = [c for c in cats if c is not None]
+        affinity = self._user_category(results, wanted)
+        per_request = lambda values: np.asarray(values, dtype=object)[position]  # noqa: E731
+        columns: dict[str, Any] = {
+            "request_id": per_request([r.request_id for r in results]),
+            "user_id": np.array([r.user_id for r in results], dtype=np.int64)[position],
+            "event_timestamp": pd.DatetimeIndex([r.request_time for r in results])[position],
+            "device": per_request([r.device for r in results]),
+            "item_idx": item_idx,
+        }
+        for column in RETRIEVAL_FEATURES:
+            columns[column] = candidates[column].to_numpy()
+        columns["item_id"] = item_ids
+        columns["category"] = categories
+        for column in self.user_columns:  # one value per request, repeated over its candidates
+            columns[column] = self.online.as_array(column, [u.get(column) for u in users])[position]
+        columns.update(items)
+        keys = list(affinity)
+        codes = pd.MultiIndex.from_tuples(keys, names=["p", "c"]).get_indexer(
+            pd.MultiIndex.from_arrays([position, pd.Series(categories, dtype=object).fillna("\0")])) \
+            if keys else np.full(len(position), -1)
+        for column in self.user_category_columns:
+            values = self.online.as_array(column, [affinity[key].get(column) for key in keys] + [None])
+            columns[column] = values[codes]  # code -1 -> the trailing None (no row)
+        return pd.DataFrame(columns)
+
+    def _user_category(self, results: list[Recommendation],
+                       wanted: dict[int, list[str]]) -> dict[tuple[int, str], dict[str, Any]]:
+        """{(request position, category): features}, one Feast call for the whole batch."""
+        pairs = [(i, c) for i, cats in wanted.items() for c in cats]
+        if not pairs:
+            return {}
+        affected = [results[i] for i in wanted]
+        if self.health.available:
+            try:
+                values = self.online.user_category_pairs([(results[i].user_id, c) for i, c in pairs])
+                return dict(zip(pairs, values))
+            except OnlineStoreUnavailable as error:
+                self.health.down(error)
+                reason = f"user x category features unavailable: {error}"
+        else:
+            reason = "user x category features unavailable (online store down)"
+        for result in affected:
+            result.degraded = True
+            result.reasons.append(reason)
+        return {}
+
+    def _trending_fallback(self, model: LoadedModel, result: Recommendation, k: int, seen, degraded=True) -> None:
+        """The bundle's trending list (items existing at the request time), business rules applied."""
+        result.degraded = result.degraded or degraded
+        request_epoch = int(result.request_time.timestamp())
+        order = model.trending.order
+        pool = order[model.item_available_from[order] <= request_epoch][: max(self.cold_start_candidates, k * 5)]
+        item_ids = model.item_ids.to_ids(pool)
+        snapshot = self.cache.snapshot
+        if snapshot is not None:
+            taken = snapshot.take(item_ids)
+            categories = taken[ITEM_CATEGORY_COLUMN]
+            is_new = np.nan_to_num(taken[IS_NEW_COLUMN].astype(np.float64)) > 0
+        else:
+            categories = np.full(len(pool), None, dtype=object)
+            is_new = np.zeros(len(pool), dtype=bool)
+        scores = model.trending.item_scores[pool]
+        chosen, final = apply_rules(item_ids, scores, categories, is_new, k, self.rules, seen=seen)
+        result.items = [
+            {"item_id": int(item_ids[i]), "score": float(s), "ranker_score": None, "source": "trending",
+             "category": _text(categories[i]), "is_new": bool(is_new[i])}
+            for i, s in zip(chosen, final)
+        ]
+
+    def _log_record(self, result: Recommendation) -> dict[str, Any]:
+        return {
+            "request_id": result.request_id,
+            "timestamp": result.request_time,
+            "user_id": result.user_id,
+            "model_version": result.model_version,
+            "variant": None,
+            "device": result.device,
+            "cold_start": result.cold_start,
+            "degraded": result.degraded,
+            "items": [item["item_id"] for item in result.items],
+            "scores": [item["score"] for item in result.items],
+            "ranker_scores": [item["ranker_score"] for item in result.items],
+        }
+
+    # -------------------------------------------------------------------------- similar items
+
+    def similar_items(self, item_id: int, k: int) -> dict[str, Any]:
+        model = self.model()
+        idx = int(model.item_ids.to_idx([item_id])[0])
+        if idx < 0:
+            raise UnknownItem(f"unknown item {item_id}: not in the catalog of model {model.version}")
+        _limit_threads(self.num_threads)
+        query = np.ascontiguousarray(model.item_embeddings[idx:idx + 1], dtype=np.float32)
+        scores, found = model.index.search(query, min(k + 1, model.n_items))
+        neighbours = [(int(i), float(s)) for i, s in zip(found[0], scores[0]) if i >= 0 and i != idx][:k]
+        covisited = model.covisit.similar_items(idx, k)
+        snapshot = self.cache.snapshot
+
+        def describe(pairs, source):
+            ids = model.item_ids.to_ids(np.array([i for i, _ in pairs], dtype=np.int64))
+            categories = snapshot.take(ids)[ITEM_CATEGORY_COLUMN] if snapshot is not None and len(ids) else \
+                [None] * len(ids)
+            return [{"item_id": int(i), "score": s, "source": source, "category": _text(c)}
+                    for i, (_, s), c in zip(ids, pairs, categories)]
+
+        return {"item_id": int(item_id), "model_version": model.version,
+                "embedding_neighbours": describe(neighbours, "two_tower"),
+                "covisitation": describe(covisited, "covisit")}
+
+
+def _limit_threads(n: int) -> None:
+    """FAISS's OpenMP thread count is per calling thread (an OpenMP ICV), so every thread that
+    searches sets it. With two or more OpenMP threads per request on a busy machine, one small
+    search costs ~15 ms of barrier waiting instead of ~0.3 ms."""
+    faiss.omp_set_num_threads(n)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return str(value)

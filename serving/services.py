@@ -1,0 +1,151 @@
+"""Everything a running server holds, wired together, with its background threads.
+
+Background threads (all daemons, stopped by `stop()`):
+* bundle reloader - checks `latest` every `reload_interval_s` (see `serving.model.ModelHolder`);
+* item feature cache refresh - every `item_cache_refresh_s` (see `serving.features`);
+* Redis health check - a PING every `health_check_interval_s`, marks the store up/down;
+* served-log writer - drains the sampled request records to parquet (see `serving.served_log`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import faiss
+import torch
+
+from serving.events import EventIngestor
+from serving.features import ItemFeatureCache, OnlineFeatures, make_feature_store
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, ModelHolder
+from serving.recommender import Recommender, StoreHealth
+from serving.rules import RuleConfig
+from serving.served_log import ServedLog
+from serving.settings import ServingSettings
+from training.retrieval.candidates import CandidateConfig
+from training.settings import get_settings as get_training_settings
+
+log = logging.getLogger("serving")
+
+
+class Services:
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        torch.set_num_threads(settings.num_threads)
+        faiss.omp_set_num_threads(settings.num_threads)
+        self.metrics = ServingMetrics()
+        self.store = make_feature_store(settings)
+        self.online = OnlineFeatures(self.store)
+        self.health = StoreHealth()
+        self.metrics.redis_up.set_function(lambda: 1.0 if self.health.available else 0.0)
+        self.cache = ItemFeatureCache(self.online, settings, on_refresh=self._cache_refreshed)
+        self.metrics.item_cache_age.set_function(
+            lambda: self.cache.snapshot.age() if self.cache.snapshot is not None else float("nan"))
+        candidates = CandidateConfig(n_ann=settings.n_ann, n_trending=settings.n_trending,
+                                     n_covisit=settings.n_covisit, covisit_seeds=settings.covisit_seeds)
+        self.holder = ModelHolder(settings.models_dir, settings.bundle_version, self._expected_features,
+                                  candidates, prepare=self._prepare, on_change=self._model_changed)
+        self.rules = RuleConfig(exclude_seen=settings.exclude_seen, dedup=settings.dedup,
+                                diversity=settings.diversity, max_per_category=settings.max_per_category,
+                                mmr_lambda=settings.mmr_lambda, freshness_boost=settings.freshness_boost)
+        self.served_log = ServedLog(settings.log_dir, settings.log_sample_rate, settings.log_queue_size,
+                                    settings.log_flush_s, settings.log_max_rows_per_request,
+                                    count=lambda outcome, n: self.metrics.served_log.labels(outcome).inc(n))
+        self.recommender = Recommender(self.holder, self.online, self.cache, self.health, self.rules,
+                                       self.metrics, self.served_log, settings.cold_start_candidates,
+                                       settings.item_feature_source, settings.max_batch,
+                                       settings.batch_workers, settings.num_threads, settings.max_pending)
+        self.events = EventIngestor(self.online, settings.events_dir, get_training_settings().recent_history_length)
+        self.inflight = 0  # recommendation requests admitted and not answered (event-loop only)
+        self._stop = threading.Event()
+        self._health_thread: threading.Thread | None = None
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def _expected_features(self) -> list[str]:
+        from training.datasets.point_in_time import service_features
+
+        return service_features(self.store, "ranking").columns
+
+    def _prepare(self, model: LoadedModel) -> None:
+        """Before a bundle is swapped in: the item cache must cover its catalog."""
+        self.cache.ensure(model.item_ids.ids)
+
+    def _model_changed(self, event: str, version: str) -> None:
+        self.metrics.reloads.labels(event).inc()
+        if event == "loaded":
+            self.metrics.set_model(version)
+
+    def _cache_refreshed(self, outcome: str, seconds: float) -> None:
+        self.metrics.item_cache_refresh.labels(outcome).observe(seconds)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.check_store()
+        self.holder.check()
+        self.holder.start(self.settings.reload_interval_s)
+        self.cache.start()
+        self.served_log.start()
+        self._health_thread = threading.Thread(target=self._health_loop, name="redis-health", daemon=True)
+        self._health_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.recommender.stop()
+        self.holder.stop()
+        self.cache.stop()
+        self.served_log.close()
+        if self._health_thread is not None:
+            self._health_thread.join(timeout=5)
+
+    def check_store(self) -> bool:
+        if self.online.ping():
+            self.health.up()
+        else:
+            self.health.down(f"Redis PING failed ({self.store.config.online_store.connection_string})")
+        return self.health.available
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self.settings.health_check_interval_s):
+            try:
+                was_available = self.health.available
+                if self.check_store() and not was_available and self.cache.snapshot is None:
+                    threading.Thread(target=self._retry_cache, daemon=True).start()
+            except Exception:  # noqa: BLE001 - the health check must never die
+                log.exception("health check failed")
+
+    def _retry_cache(self) -> None:
+        try:
+            self.cache.refresh()
+        except Exception as error:  # noqa: BLE001
+            log.warning("item cache load after Redis recovery failed: %s", error)
+
+    def readiness(self) -> dict:
+        model = self.holder.current
+        snapshot = self.cache.snapshot
+        redis_ok = self.online.ping()
+        if redis_ok:
+            self.health.up()
+        else:
+            self.health.down("Redis PING failed")
+        return {
+            "ready": model is not None and redis_ok,
+            "model_loaded": model is not None,
+            "model_version": model.version if model else None,
+            "redis_reachable": redis_ok,
+            "item_cache_age_s": round(snapshot.age(), 3) if snapshot else None,
+            "details": {k: v for k, v in {"model_error": self.holder.last_error,
+                                          "redis_error": self.health.last_error,
+                                          "item_cache_error": self.cache.last_error}.items() if v},
+        }
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.holder.ready:
+                return True
+            time.sleep(0.1)
+        return self.holder.ready

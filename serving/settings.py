@@ -1,0 +1,128 @@
+"""Serving settings: every field can be set as `RECSYS_SERVING_<FIELD>` in the environment (or `.env`).
+
+Paths default to the training layout (`training.settings.Settings`), so `python -m serving` on the
+machine that trained serves the latest bundle against the same Feast repository and event log.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.data.schema import DEVICES
+from training.settings import get_settings as get_training_settings
+
+DiversityMode = Literal["none", "category_cap", "mmr"]
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_SERVING_", env_file=".env", extra="ignore")
+
+    # -- process --------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+    num_threads: int = Field(1, ge=1, description="torch / FAISS threads per request (the process "
+                                                  "serves requests from a thread pool)")
+
+    # -- where things are -----------------------------------------------------------------------
+    feature_repo: Path = Field(default_factory=lambda: get_training_settings().repo_root,
+                               description="directory holding feature_store.yaml")
+    models_dir: Path = Field(default_factory=lambda: get_training_settings().artifacts_dir / "models")
+    bundle_version: str = Field("latest", description="a version directory, or 'latest' (hot-reloaded)")
+    events_dir: Path = Field(default_factory=lambda: get_training_settings().raw_dir / "events",
+                             description="event log the next training run reads (raw events layout)")
+    log_dir: Path = Field(default_factory=lambda: get_training_settings().data_dir / "serving_logs",
+                          description="served feature vectors and lists, for monitoring")
+
+    # -- online store ---------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="overrides feature_store.yaml's online_store "
+                                                    "connection string (Feast format host:port[,k=v])")
+    redis_connect_timeout_s: float = Field(0.25, gt=0)
+    redis_socket_timeout_s: float = Field(0.5, gt=0)
+    health_check_interval_s: float = Field(1.0, gt=0, description="background Redis ping period")
+
+    # -- item feature cache ---------------------------------------------------------------------
+    item_feature_source: Literal["cache", "online"] = Field(
+        "cache", description="cache: the local catalog snapshot; online: a Feast call for all candidates "
+                             "per request (the naive path, for comparison)")
+    item_cache_refresh_s: float = Field(20.0, gt=0, description="period of the background refresh "
+                                        "(each sweep is spread over half of it)")
+    item_cache_max_staleness_s: float = Field(60.0, gt=0, description="older snapshots are not used "
+                                              "while the online store answers (direct reads instead)")
+    item_cache_batch_size: int = Field(250, ge=1, description="items per Feast read of a refresh")
+    item_cache_pause_s: float = Field(0.002, ge=0, description="pause between refresh batches, so "
+                                      "request threads are not starved of the GIL")
+
+    # -- candidates -----------------------------------------------------------------------------
+    n_ann: int = Field(500, ge=1, description="FAISS top-N per request")
+    n_trending: int = Field(50, ge=0)
+    n_covisit: int = Field(50, ge=0)
+    covisit_seeds: int = Field(5, ge=0)
+    cold_start_candidates: int = Field(200, ge=1, description="trending items re-ranked for a cold user")
+
+    # -- micro-batching ---------------------------------------------------------------------------
+    max_batch: int = Field(16, ge=1, description="requests scored together when they queue up (1: off)")
+    batch_workers: int = Field(2, ge=1, description="threads running batches (one can wait on Redis "
+                                                    "while another computes)")
+    max_pending: int = Field(64, ge=0, description="requests allowed to wait for a batch; more are "
+                                                    "answered 503 at once (load shedding; 0: unbounded)")
+
+    # -- request bounds -------------------------------------------------------------------------
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(100, ge=1)
+    default_device: str = "mobile"
+
+    # -- business rules -------------------------------------------------------------------------
+    exclude_seen: bool = True
+    dedup: bool = True
+    diversity: DiversityMode = "category_cap"
+    max_per_category: int = Field(4, ge=1, description="category_cap: at most this many per category")
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="mmr: relevance weight")
+    freshness_boost: float = Field(0.5, ge=0.0, description="added to a new item's score, in units "
+                                   "of the request's ranker-score standard deviation")
+
+    # -- served log -----------------------------------------------------------------------------
+    log_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
+    log_queue_size: int = Field(1_000, ge=1)
+    log_flush_s: float = Field(2.0, gt=0)
+    log_max_rows_per_request: int | None = Field(None, ge=1, description="None: every scored candidate")
+
+    # -- hot reload / events --------------------------------------------------------------------
+    reload_interval_s: float = Field(15.0, gt=0)
+    events_require_known_item: bool = True
+    max_events_per_request: int = Field(1_000, ge=1)
+
+    @field_validator("default_device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in DEVICES:
+            raise ValueError(f"default_device must be one of {DEVICES}")
+        return value
+
+    @model_validator(mode="after")
+    def _k_bounds(self) -> ServingSettings:
+        if self.default_k > self.max_k:
+            raise ValueError("default_k must not exceed max_k")
+        return self
+
+    def online_connection_string(self, configured: str) -> str:
+        """The Feast Redis connection string with socket timeouts, so a dead or hung Redis costs a
+        bounded time per call instead of blocking a request."""
+        base = self.redis_url or configured
+        options = {part.split("=", 1)[0] for part in base.split(",")[1:] if "=" in part}
+        extra = []
+        if "socket_connect_timeout" not in options:
+            extra.append(f"socket_connect_timeout={self.redis_connect_timeout_s}")
+        if "socket_timeout" not in options:
+            extra.append(f"socket_timeout={self.redis_socket_timeout_s}")
+        return ",".join([base, *extra])
+
+
+@lru_cache(maxsize=1)
+def get_serving_settings() -> ServingSettings:
+    return ServingSettings()

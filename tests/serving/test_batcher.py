@@ -1,0 +1,78 @@
+"""Micro-batching and load shedding (no Redis needed), and serving settings."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from serving.recommender import MicroBatcher, Overloaded, Recommendation, _Pending
+from serving.settings import ServingSettings
+
+
+def _pending(i: int) -> _Pending:
+    return _Pending(Recommendation(str(i), i, "", None, "mobile", []), 5)
+
+
+def test_waiting_requests_are_processed_together():
+    gate, batches = threading.Event(), []
+
+    def process(batch):
+        gate.wait(5)
+        batches.append([p.result.user_id for p in batch])
+
+    batcher = MicroBatcher(process, max_batch=8, workers=1)
+    threads = [threading.Thread(target=batcher.submit, args=(_pending(i),)) for i in range(6)]
+    threads[0].start()
+    time.sleep(0.1)  # the first request is taken alone; the next five queue behind it
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.1)
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    batcher.stop()
+    assert batches[0] == [0] and sorted(batches[1]) == [1, 2, 3, 4, 5]
+
+
+def test_errors_reach_the_waiting_request():
+    def process(batch):
+        raise ValueError("boom")
+
+    batcher = MicroBatcher(process, max_batch=4, workers=1)
+    with pytest.raises(ValueError, match="boom"):
+        batcher.submit(_pending(1))
+    batcher.stop()
+
+
+def test_requests_beyond_max_pending_are_shed():
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda batch: gate.wait(5), max_batch=2, workers=1, max_pending=2)
+    threads = [threading.Thread(target=batcher.submit, args=(_pending(i),), daemon=True) for i in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    with pytest.raises(Overloaded):
+        batcher.submit(_pending(99))
+    gate.set()
+    batcher.stop()
+
+
+def test_settings_add_socket_timeouts_and_validate():
+    settings = ServingSettings(redis_url="redis.example:6380,password=x", redis_socket_timeout_s=0.3)
+    connection = settings.online_connection_string("localhost:6379")
+    assert connection.startswith("redis.example:6380,password=x,")
+    assert "socket_timeout=0.3" in connection and "socket_connect_timeout=" in connection
+    assert ServingSettings().online_connection_string("h:1,socket_timeout=2").count("socket_timeout") == 1
+    with pytest.raises(ValueError):
+        ServingSettings(default_device="toaster")
+    with pytest.raises(ValueError):
+        ServingSettings(default_k=50, max_k=10)
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RECSYS_SERVING_N_ANN", "321")
+    monkeypatch.setenv("RECSYS_SERVING_DIVERSITY", "mmr")
+    settings = ServingSettings()
+    assert settings.n_ann == 321 and settings.diversity == "mmr"
