@@ -26,6 +26,9 @@ doctor: install
 demo: install
 	$(PY) -m training demo $(ARGS)
 
+serve: install
+	$(PY) -m serving
+
 test: install
 	$(PY) -m training doctor
 	$(PY) -m pytest -q $(ARGS)

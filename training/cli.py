@@ -122,7 +122,21 @@ def demo(
     materialize(end=None)
     show_online_features(user_ids=None)
     train(max_ranker_requests=4_000, epochs=8)
+    serve_demo_traffic()
     console.print(f"[bold green]Demo finished in {time.perf_counter() - started:.0f}s[/]")
+
+
+def serve_demo_traffic() -> None:
+    """Start the service briefly, send requests and events, show recommendations, write a drift report."""
+    import subprocess
+    import sys
+
+    from serving.demo import run_demo
+
+    run_demo()
+    drift = subprocess.run([sys.executable, "-m", "monitoring", "drift", "--window", "1d"], check=False)
+    console.print("drift report: see reports/ (exit code %d: non-zero means drift above the threshold)"
+                  % drift.returncode)
 
 
 @app.command()
