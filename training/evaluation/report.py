@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from training.evaluation.metrics import metrics_table
+from training.plotting import save_png
 
 CURVE_METRICS: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map")
 TABLE_K = 10
@@ -103,14 +104,7 @@ def plot_metric_curves(results: Mapping[str, Mapping[str, float]], path: str | P
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     figure.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_png(figure, path)
 
 
 def _markdown(

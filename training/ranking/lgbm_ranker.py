@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from training.plotting import save_png
 from training.ranking.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, to_model_matrix
 
 EvalsResult = dict[str, dict[str, list[float]]]
@@ -237,7 +238,7 @@ def plot_feature_importance(importance: pd.DataFrame, path: str | Path, top: int
     ax.barh(shown["feature"], shown["gain"])
     ax.set(title=f"ranker feature importance (gain, top {len(shown)})", xlabel="total gain")
     figure.tight_layout()
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
 
 def plot_ranker_curves(
@@ -255,16 +256,5 @@ def plot_ranker_curves(
         ax.set(title=metric, xlabel="boosting round", ylabel=metric)
         ax.legend()
     figure.tight_layout()
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
-
-def _save_png(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
