@@ -11,6 +11,7 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field
@@ -38,6 +39,9 @@ class Settings(BaseSettings):
     # Feature windows (days) for the behavioural counts; changing them changes the Feast schema.
     windows_days: tuple[int, ...] = (1, 7, 30)
     recent_history_length: int = 20
+    # "day": one recent-history row per active day (cheap; right for requests at midnight);
+    # "event": one per event, for requests in the middle of a session (MovieLens protocols).
+    recent_history_granularity: Literal["day", "event"] = "day"
     price_bucket_edges: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0, 250.0)
     new_item_days: int = 14
 

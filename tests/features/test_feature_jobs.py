@@ -170,3 +170,28 @@ def test_bad_rows_are_quarantined(spark, settings_for):
     assert sorted(quarantined["reject_reason"]) == ["rating outside 1..5", "unknown event_type"]
     users = read_table(settings, "user_daily").set_index(["user_id", "event_timestamp"])
     assert users.loc[(1, pd.Timestamp("2026-01-02", tz="UTC")), "view_count_1d"] == 1
+
+
+def test_event_granularity_history_is_known_just_after_each_event(spark, settings_for):
+    settings = settings_for().model_copy(update={"recent_history_granularity": "event"})
+    run(spark, settings, EVENTS)
+    history = read_table(settings, "user_recent_history").set_index(["user_id", "event_timestamp"])
+    after = lambda *args: pd.Timestamp(utc(*args)) + pd.Timedelta(microseconds=1)  # noqa: E731
+    assert list(history.loc[(1, after(2026, 1, 2, 20)), "recent_item_ids"]) == [11, 10, 10]
+    assert list(history.loc[(1, after(2026, 1, 2, 20, 5)), "recent_item_ids"]) == [11, 11, 10, 10]
+    assert list(history.loc[(2, after(2026, 1, 6)), "recent_item_ids"]) == [12, 10]
+    # Partitioned by the event's day, one row per (user, moment).
+    assert history.loc[(1, after(2026, 1, 5, 23, 59)), "snapshot_date"] == "2026-01-05"
+    assert len(history) == len(EVENTS)
+
+
+def test_event_granularity_incremental_run_equals_full_run(spark, settings_for):
+    full, incremental = (settings_for(name).model_copy(update={"recent_history_granularity": "event"})
+                         for name in ("full", "incremental"))
+    run(spark, full, EVENTS)
+    run(spark, incremental, EVENTS, date(2026, 1, 2), date(2026, 1, 4))
+    run_feature_pipeline(spark, incremental, date(2026, 1, 5), date(2026, 1, 7), progress=False)
+    a, b = (read_table(s, "user_recent_history").sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
+            for s in (full, incremental))
+    a["recent_item_ids"], b["recent_item_ids"] = a["recent_item_ids"].map(list), b["recent_item_ids"].map(list)
+    pd.testing.assert_frame_equal(a, b)

@@ -93,7 +93,8 @@ def run_feature_pipeline(spark: SparkSession, settings: Settings, first_snapshot
                                                windows, settings.new_item_days),
         "user_category": lambda: build_user_category(events, items, first_snapshot, last_snapshot, windows),
         "user_recent_history": lambda: build_user_recent_history(
-            events, first_snapshot, last_snapshot, settings.recent_history_length, max(windows)),
+            events, first_snapshot, last_snapshot, settings.recent_history_length, max(windows),
+            settings.recent_history_granularity),
         "user_profile": lambda: build_user_profile(users),
         "item_profile": lambda: build_item_profile(items, tuple(settings.price_bucket_edges)),
     }

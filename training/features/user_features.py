@@ -71,16 +71,29 @@ def build_user_daily(events: DataFrame, users: DataFrame, first_snapshot: date,
     )
 
 
+HISTORY_GRANULARITIES = ("day", "event")
+
+
 def build_user_recent_history(events: DataFrame, first_snapshot: date, last_snapshot: date,
-                              length: int, max_age_days: int) -> DataFrame:
-    """On each day a user was active: their last `length` items (most recent first) of the
-    `max_age_days` days up to that day, known from the next midnight."""
+                              length: int, max_age_days: int, granularity: str = "day") -> DataFrame:
+    """A user's last `length` items (most recent first) of the `max_age_days` days up to then.
+
+    granularity "day": one row per day the user was active, known from the next midnight.
+    granularity "event": one row per moment the user acted, known 1 microsecond after it (so a
+    request at exactly that moment does not see it), partitioned by the event's day: the offline
+    twin of the history serving pushes on every event, for requests made in the middle of a
+    session (e.g. MovieLens users, who rate in one sitting).
+    """
+    if granularity not in HISTORY_GRANULARITIES:
+        raise ValueError(f"recent history granularity must be one of {HISTORY_GRANULARITIES}, got {granularity!r}")
     by_time = Window.partitionBy("user_id").orderBy("event_timestamp", "item_id").rowsBetween(-(length - 1), 0)
+    with_history = (events.withColumn("day", F.to_date("event_timestamp"))
+                    .withColumn("history", F.collect_list(F.struct("event_timestamp", "item_id")).over(by_time)))
+    if granularity == "event":
+        return _event_history(with_history, first_snapshot, last_snapshot, max_age_days)
     last_of_day = Window.partitionBy("user_id", "day").orderBy(F.col("event_timestamp").desc(), F.col("item_id").desc())
     recent = (
-        events.withColumn("day", F.to_date("event_timestamp"))
-        .withColumn("history", F.collect_list(F.struct("event_timestamp", "item_id")).over(by_time))
-        .withColumn("rank_in_day", F.row_number().over(last_of_day))
+        with_history.withColumn("rank_in_day", F.row_number().over(last_of_day))
         .where((F.col("rank_in_day") == 1) & in_snapshot_range(first_snapshot, last_snapshot))
     )
     horizon = F.to_timestamp(F.date_sub("day", max_age_days - 1))
@@ -91,6 +104,27 @@ def build_user_recent_history(events: DataFrame, first_snapshot: date, last_snap
         F.reverse(F.transform(kept, lambda h: h["item_id"])).alias("recent_item_ids"),
         F.col("event_timestamp").alias("last_event_timestamp"),
         F.date_add("day", 1).alias("snapshot_date"),
+    )
+
+
+def _event_history(with_history: DataFrame, first_snapshot: date, last_snapshot: date,
+                   max_age_days: int) -> DataFrame:
+    """One row per (user, event time). A run for snapshots [first, last] reads the events of days
+    [first - 1, last - 1] (as the daily rows do) and owns exactly those days' partitions, so
+    incremental runs neither overlap nor leave gaps."""
+    last_at_moment = Window.partitionBy("user_id", "event_timestamp").orderBy(F.col("item_id").desc())
+    recent = (
+        with_history.withColumn("rank_at_moment", F.row_number().over(last_at_moment))
+        .where((F.col("rank_at_moment") == 1) & in_snapshot_range(first_snapshot, last_snapshot))
+    )
+    horizon = F.col("event_timestamp") - F.expr(f"INTERVAL {int(max_age_days)} DAYS")
+    kept = F.filter("history", lambda h: h["event_timestamp"] >= horizon)
+    return recent.select(
+        "user_id",
+        (F.col("event_timestamp") + F.expr("INTERVAL 1 MICROSECOND")).alias("event_timestamp"),
+        F.reverse(F.transform(kept, lambda h: h["item_id"])).alias("recent_item_ids"),
+        F.col("event_timestamp").alias("last_event_timestamp"),
+        F.col("day").alias("snapshot_date"),
     )
 
 
