@@ -283,9 +283,33 @@ def candidate_recall(generator: CandidateGenerator, users, test_time: int, exclu
 # ---------------------------------------------------------------- the whole pipeline --------------
 
 
+@dataclass
+class TrainedTwoStage:
+    """What a training run leaves in memory besides its bundle: enough to rank more requests
+    offline (`rank_requests`) with exactly the models the bundle holds."""
+
+    bundle: Path
+    work: Path
+    catalog: Catalog
+    events_np: pd.DataFrame
+    two_tower: object  # TwoTowerModel
+    item_embeddings: np.ndarray
+    index: object  # faiss.Index
+    user_spec: UserInputSpec
+    ranker: lgbm_ranker.RankerResult
+    spec: object  # FeatureSpec
+    candidates: CandidateConfig
+
+
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
                  config: TrainConfig | None = None) -> Path:
     """Train the two-stage recommender; write the report and a versioned bundle; return its path."""
+    return train_two_stage(spark, store, settings, config).bundle
+
+
+def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings,
+                    config: TrainConfig | None = None) -> TrainedTwoStage:
+    """`run_training`, returning the trained components along with the bundle path."""
     from training.bundle import new_version
 
     config = config or TrainConfig()
@@ -366,8 +390,33 @@ def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
     stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
              "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration}
-    return write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
-                         ranker, spec, catalog, generator, store, work)
+    bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
+                           ranker, spec, catalog, generator, store, work)
+    return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
+                           config.candidates)
+
+
+def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
+                  exclude: dict[int, set[int]], k: int, name: str = "offline") -> dict[int, list[int]]:
+    """Top-k item ids per request of `requests` (request_id, user_id, event_timestamp, device) from
+    the two-stage recommender, with every feature read point-in-time from Feast at the request's
+    time, candidates from sources fitted on all of the run's events, and each user's `exclude`
+    item ids left out. Keyed by user_id (one request per user)."""
+    catalog, events_np = trained.catalog, trained.events_np
+    trending, covisit = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog)
+    generator = CandidateGenerator(trained.two_tower, trained.item_embeddings, trained.index,
+                                   catalog.available_from, trending, covisit, trained.candidates)
+    frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
+    with_users = with_user_features(store, spark, spark.createDataFrame(frame), trained.work / f"{name}_users")
+    excluded = [{int(i) for i in catalog.item_ids.to_idx(sorted(exclude.get(int(u), ()))) if i >= 0}
+                for u in with_users["user_id"]]
+    no_labels = pd.DataFrame({"request_id": pd.Series(dtype=str), "item_id": pd.Series(dtype=np.int64),
+                              "label": pd.Series(dtype=np.int64)})
+    rows = candidate_rows(generator, with_users, no_labels, catalog, trained.user_spec, excluded)
+    rows = with_ranking_features(store, spark, rows, trained.work / f"{name}_rows")
+    rows["ranker_score"] = lgbm_ranker.score(trained.ranker.booster, rows, trained.spec)
+    lists = ranked_lists(rows, "ranker_score", k)
+    return {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist() for user, items in lists.items()}
 
 
 def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, ranker,
