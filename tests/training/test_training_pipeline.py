@@ -13,7 +13,7 @@ from training.bundle import BundleError, load_manifest, resolve_bundle
 from training.data.synthetic import GeneratorConfig, generate
 from training.datasets.point_in_time import service_features
 from training.features.pipeline import run_feature_pipeline
-from training.pipeline import TrainConfig, run_training
+from training.pipeline import TrainConfig, rank_requests, train_two_stage
 from training.retrieval.candidates import CandidateConfig
 from training.settings import Settings
 
@@ -34,12 +34,12 @@ def trained(spark, tmp_path_factory):
                          candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30))
     config.two_tower.epochs = 5
     config.bpr.epochs = 5
-    bundle = run_training(spark, store, settings, config)
-    return bundle, store, settings
+    result = train_two_stage(spark, store, settings, config)
+    return result.bundle, store, settings, result, spark
 
 
 def test_bundle_is_complete_and_latest(trained):
-    bundle, store, settings = trained
+    bundle, store, settings, *_ = trained
     assert resolve_bundle(settings.artifacts_dir / "models") == bundle
     expected = service_features(store, "ranking").columns
     manifest = load_manifest(bundle, expected_features=expected)
@@ -54,17 +54,35 @@ def test_bundle_is_complete_and_latest(trained):
 
 
 def test_loader_refuses_a_bundle_trained_on_other_features(trained):
-    bundle, store, _ = trained
+    bundle, store, *_ = trained
     expected = service_features(store, "ranking").columns
     with pytest.raises(BundleError, match="user_daily__view_count_1d"):
         load_manifest(bundle, expected_features=[c for c in expected if c != "user_daily__view_count_1d"])
 
 
 def test_two_stage_beats_popularity_and_report_is_written(trained):
-    bundle, _, settings = trained
+    bundle, _, settings, *_ = trained
     report_dir = settings.reports_dir / "training" / bundle.name
     metrics = json.loads((report_dir / "metrics.json").read_text())
     for name in ("popularity", "trending", "covisitation", "bpr_mf", "two_tower", "two_stage"):
         assert {"ndcg@10", "recall@10", "map@10", "mrr@10", "hitrate@50", "coverage@10"} <= set(metrics[name])
     assert metrics["two_stage"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
     assert "<img" in (report_dir / "report.html").read_text()
+
+
+def test_rank_requests_ranks_offline_requests_and_honours_exclusions(trained):
+    import pandas as pd
+
+    _, store, _, result, spark = trained
+    users = result.events_np["user_id"].drop_duplicates().head(6).tolist()
+    when = pd.Timestamp(int(result.events_np.ts.max()), unit="s", tz="UTC").normalize()
+    requests = pd.DataFrame({"request_id": [f"r{u}" for u in users], "user_id": users,
+                             "event_timestamp": when, "device": "mobile"})
+    first = rank_requests(result, store, spark, requests, {}, k=10, name="first")
+    assert sorted(first) == sorted(users) and all(len(items) == 10 for items in first.values())
+    catalog = set(result.catalog.item_ids.ids.tolist())
+    assert all(set(items) <= catalog for items in first.values())
+    exclude = {users[0]: set(first[users[0]][:5])}
+    second = rank_requests(result, store, spark, requests, exclude, k=10, name="second")
+    assert not set(second[users[0]]) & exclude[users[0]] and len(second[users[0]]) == 10
+    assert second[users[1]] == first[users[1]]  # other users are untouched

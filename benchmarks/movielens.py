@@ -1,0 +1,229 @@
+"""Recommendation quality on MovieLens-100K against established recommenders.
+
+Loads the ratings (``training.data.movielens``), builds both temporal protocols of
+``training.evaluation.protocols`` (a global day-aligned cut at ~80% of the interactions, and a
+per-user last-20% split), runs every peer of ``training.evaluation.peers`` (random, popularity,
+recent popularity, item-kNN, implicit's ALS and BPR; the tuned ones selected on the protocol's
+validation split by NDCG@10) and scores all lists with the platform's own metric code at K=10.
+Prints one table per protocol and writes JSON (metrics, selected hyper-parameters, protocol
+statistics) atomically.
+
+    .venv/bin/python benchmarks/movielens.py --data ../shared/datasets/ml-100k \
+        --out reports/benchmarks/movielens.json
+
+Another model joins the same table through ``run_benchmark(data_dir, extra_models={name: fn})``
+where ``fn(protocol) -> {user_id: [item_id, ...]}``: it is evaluated on exactly the same users,
+exclusions, catalog and metric code as the peers (see ``evaluate_lists``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from training.data.movielens import movielens_dir, read_interactions, read_items
+from training.evaluation.peers import DEFAULT_GRIDS, Grid, PeerConfig, run_peers
+from training.evaluation.protocols import (
+    DEFAULT_MIN_INTERACTIONS,
+    DEFAULT_TEST_SHARE,
+    Protocol,
+    evaluate_lists,
+    global_temporal_split,
+    per_user_temporal_split,
+)
+from training.settings import REPO_ROOT
+
+__all__ = ["evaluate_lists", "run_benchmark", "build_protocols", "print_tables", "write_json_atomic"]
+
+console = Console(width=140)
+ExtraModel = Callable[[Protocol], Mapping[int, Sequence[int]]]
+TABLE_METRICS: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map", "coverage")
+QUICK_GRIDS: dict[str, Grid] = {
+    "item_knn": {"neighbours": [50, None]},
+    "als": {"factors": [32, 64], "regularization": [0.1], "alpha": [1.0, 10.0]},
+    "bpr": {"factors": [32, 64], "learning_rate": [0.05], "iterations": [100]},
+}
+
+
+def build_protocols(
+    data_dir: str | Path,
+    test_share: float = DEFAULT_TEST_SHARE,
+    min_interactions: int = DEFAULT_MIN_INTERACTIONS,
+    names: Sequence[str] = ("global", "per_user"),
+) -> tuple[dict[str, Protocol], dict[str, Any]]:
+    """Both protocols on the MovieLens ratings in ``data_dir``, with the catalog of ``u.item``."""
+    interactions = read_interactions(data_dir)
+    catalog = read_items(data_dir)["item_id"].to_numpy()
+    builders = {
+        "global": lambda: global_temporal_split(interactions, test_share, catalog=catalog),
+        "per_user": lambda: per_user_temporal_split(interactions, test_share, min_interactions, catalog=catalog),
+    }
+    unknown = set(names) - set(builders)
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {sorted(unknown)}; expected {sorted(builders)}")
+    dataset = {
+        "path": str(Path(data_dir).resolve()),
+        "n_interactions": len(interactions),
+        "n_users": int(interactions["user_id"].nunique()),
+        "n_items": int(catalog.size),
+    }
+    return {name: builders[name]() for name in names}, dataset
+
+
+def run_benchmark(
+    data_dir: str | Path,
+    extra_models: Mapping[str, ExtraModel] | None = None,
+    config: PeerConfig | None = None,
+    protocols: Sequence[str] = ("global", "per_user"),
+    test_share: float = DEFAULT_TEST_SHARE,
+    min_interactions: int = DEFAULT_MIN_INTERACTIONS,
+) -> dict[str, Any]:
+    """Run every peer (and ``extra_models``) on each protocol; return the JSON-ready results."""
+    config = config or PeerConfig()
+    extra_models = dict(extra_models or {})
+    started = time.perf_counter()
+    built, dataset = build_protocols(data_dir, test_share, min_interactions, protocols)
+    results: dict[str, Any] = {
+        "dataset": dataset,
+        "k": config.k,
+        "config": {"seed": config.seed, "window_days": config.window_days, "test_share": test_share,
+                   "min_interactions": min_interactions, "num_threads": config.num_threads,
+                   "grids": {name: dict(grid) for name, grid in config.grids.items()}},
+        "protocols": {},
+    }
+    for name, protocol in built.items():
+        console.print(f"[bold]> protocol {name}[/]: {protocol.stats['n_evaluated_users']} evaluated users, "
+                      f"test share {protocol.stats['test_share']:.4f}")
+        validation_started = time.perf_counter()
+        validation = protocol.validation()
+        validation_seconds = time.perf_counter() - validation_started
+        models: dict[str, Any] = {}
+        for model, (result, seconds) in run_peers(protocol, config, validation).items():
+            models[model] = {
+                "metrics": evaluate_lists(protocol, result.lists, config.k),
+                "params": result.params,
+                "seconds": round(seconds, 3),
+                "selection_seconds": result.selection_seconds,
+                "selection": result.selection,
+            }
+            console.print(f"  {model}: {seconds:.2f}s")
+        for model, fn in extra_models.items():
+            model_started = time.perf_counter()
+            lists = fn(protocol)
+            seconds = time.perf_counter() - model_started
+            models[model] = {"metrics": evaluate_lists(protocol, lists, config.k), "params": {},
+                             "seconds": round(seconds, 3)}
+            console.print(f"  {model}: {seconds:.2f}s")
+        results["protocols"][name] = {
+            "stats": protocol.stats,
+            "validation_stats": validation.stats,
+            "validation_split_seconds": round(validation_seconds, 3),
+            "models": models,
+        }
+    results["seconds_total"] = round(time.perf_counter() - started, 2)
+    results["versions"] = _versions()
+    return results
+
+
+def _versions() -> dict[str, str]:
+    import implicit
+    import scipy
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "implicit": implicit.__version__}
+
+
+def print_tables(results: Mapping[str, Any]) -> None:
+    k = results["k"]
+    for name, protocol in results["protocols"].items():
+        stats = protocol["stats"]
+        where = f"cut {stats['cut']}" if "cut" in stats else f"requests {stats['first_request'][:10]}..{stats['last_request'][:10]}"
+        table = Table(title=f"MovieLens-100K, protocol {name} ({where}, test share {stats['test_share']:.3f}, "
+                            f"{stats['n_evaluated_users']} users)")
+        table.add_column("model")
+        for metric in TABLE_METRICS:
+            table.add_column(f"{metric}@{k}", justify="right")
+        table.add_column("seconds", justify="right")
+        table.add_column("selected", overflow="fold")
+        for model, entry in protocol["models"].items():
+            metrics = entry["metrics"]
+            selected = ", ".join(f"{key}={value}" for key, value in entry["params"].items())
+            table.add_row(model, *(f"{metrics[f'{m}@{k}']:.4f}" for m in TABLE_METRICS),
+                          f"{entry['seconds']:.2f}", selected)
+        console.print(table)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Write JSON via a hidden temp file in the target directory + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_extra_models(specs: Sequence[str]) -> dict[str, ExtraModel]:
+    """``["name=package.module:function", ...]`` -> ``{name: function}``."""
+    models: dict[str, ExtraModel] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        module_name, colon, attribute = target.partition(":")
+        if not (sep and colon and name and module_name and attribute):
+            raise typer.BadParameter(f"{spec!r}: expected NAME=module:function")
+        models[name] = getattr(importlib.import_module(module_name), attribute)
+    return models
+
+
+def main(
+    data: Optional[Path] = typer.Option(None, help="MovieLens-100K folder (default: $RECSYS_MOVIELENS_DIR or "
+                                                   "../shared/datasets/ml-100k from the repo root)"),
+    out: Path = typer.Option(REPO_ROOT / "reports" / "benchmarks" / "movielens.json", help="JSON output"),
+    k: int = typer.Option(10, help="cut-off K of the metrics"),
+    seed: int = typer.Option(42, help="seed of random, ALS and BPR"),
+    window_days: float = typer.Option(30.0, help="window of recent popularity (days before the request)"),
+    protocol: list[str] = typer.Option(["global", "per_user"], help="protocols to run"),
+    quick: bool = typer.Option(False, help="tiny hyper-parameter grids (smoke test)"),
+    extra: list[str] = typer.Option([], help="another model, NAME=module:function with function(protocol) -> "
+                                             "{user_id: [item_id, ...]}; repeatable"),
+) -> None:
+    data_dir = data if data is not None else movielens_dir()
+    if not (data_dir / "u.data").is_file():
+        console.print(f"[red]MovieLens-100K not found in {data_dir}[/] (download it from GroupLens; "
+                      "it is not redistributed here)")
+        raise typer.Exit(2)
+    config = PeerConfig(k=k, seed=seed, window_days=window_days,
+                        grids=dict(QUICK_GRIDS if quick else DEFAULT_GRIDS))
+    results = run_benchmark(data_dir, extra_models=load_extra_models(extra), config=config, protocols=protocol)
+    print_tables(results)
+    written = write_json_atomic(results, out)
+    console.print(f"{results['seconds_total']:.1f}s in all; results in {written}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
