@@ -11,6 +11,12 @@ statistics) atomically.
     .venv/bin/python benchmarks/movielens.py --data ../shared/datasets/ml-100k \
         --out reports/benchmarks/movielens.json
 
+With ``--platform`` (the default) the platform's own two-stage recommender is one more row: the
+whole platform runs on each protocol's train part (Spark features, ``feast apply``, Feast
+point-in-time training sets, two-tower + FAISS + co-visitation + trending candidates, LightGBM
+ranker; see ``training.evaluation.two_stage_benchmark``), and the table ends with its NDCG@10 lift
+over the best peer. That takes a few minutes per protocol; ``--no-platform`` runs the peers only.
+
 Another model joins the same table through ``run_benchmark(data_dir, extra_models={name: fn})``
 where ``fn(protocol) -> {user_id: [item_id, ...]}``: it is evaluated on exactly the same users,
 exclusions, catalog and metric code as the peers (see ``evaluate_lists``).
@@ -22,6 +28,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -127,6 +134,7 @@ def run_benchmark(
                              "seconds": round(seconds, 3)}
             console.print(f"  {model}: {seconds:.2f}s")
         results["protocols"][name] = {
+            "lift_over_best_peer": lift_over_best_peer(models, PLATFORM_MODEL, config.k),
             "stats": protocol.stats,
             "validation_stats": validation.stats,
             "validation_split_seconds": round(validation_seconds, 3),
@@ -135,6 +143,36 @@ def run_benchmark(
     results["seconds_total"] = round(time.perf_counter() - started, 2)
     results["versions"] = _versions()
     return results
+
+
+PLATFORM_MODEL = "two_stage (platform)"
+NOT_PEERS = ("random", PLATFORM_MODEL)
+
+
+def platform_model(data_dir: Path, work_dir: Path) -> ExtraModel:
+    """The platform's two-stage recommender, run on each protocol's train part under `work_dir`."""
+
+    def rank(protocol: Protocol) -> Mapping[int, Sequence[int]]:
+        from training.evaluation.two_stage_benchmark import two_stage_lists
+        from training.spark import get_spark
+
+        root = work_dir / protocol.name
+        shutil.rmtree(root, ignore_errors=True)
+        return two_stage_lists(protocol, data_dir, root, get_spark("movielens-benchmark"))
+
+    return rank
+
+
+def lift_over_best_peer(models: Mapping[str, Any], model: str, k: int) -> dict[str, Any] | None:
+    """`model`'s NDCG@k against the best peer's (random and the model itself are not peers)."""
+    if model not in models:
+        return None
+    metric = f"ndcg@{k}"
+    peers = {name: entry["metrics"][metric] for name, entry in models.items() if name not in NOT_PEERS}
+    best = max(peers, key=peers.get)
+    ours = models[model]["metrics"][metric]
+    return {"metric": metric, "model": model, "value": ours, "best_peer": best, "best_peer_value": peers[best],
+            "lift": ours / peers[best] - 1 if peers[best] > 0 else None}
 
 
 def _versions() -> dict[str, str]:
@@ -163,6 +201,10 @@ def print_tables(results: Mapping[str, Any]) -> None:
             table.add_row(model, *(f"{metrics[f'{m}@{k}']:.4f}" for m in TABLE_METRICS),
                           f"{entry['seconds']:.2f}", selected)
         console.print(table)
+        lift = protocol.get("lift_over_best_peer")
+        if lift and lift["lift"] is not None:
+            console.print(f"{lift['model']} {lift['metric']} {lift['value']:.4f} vs best peer {lift['best_peer']} "
+                          f"{lift['best_peer_value']:.4f}: [bold]{lift['lift']:+.1%}[/]")
 
 
 def _json_default(value: Any) -> Any:
@@ -211,6 +253,10 @@ def main(
     quick: bool = typer.Option(False, help="tiny hyper-parameter grids (smoke test)"),
     extra: list[str] = typer.Option([], help="another model, NAME=module:function with function(protocol) -> "
                                              "{user_id: [item_id, ...]}; repeatable"),
+    platform_run: bool = typer.Option(True, "--platform/--no-platform",
+                                      help="also run the platform's two-stage recommender (minutes per protocol)"),
+    work_dir: Path = typer.Option(REPO_ROOT / "data" / "benchmarks" / "movielens",
+                                  help="where the platform runs keep their data, bundles and reports"),
 ) -> None:
     data_dir = data if data is not None else movielens_dir()
     if not (data_dir / "u.data").is_file():
@@ -219,7 +265,10 @@ def main(
         raise typer.Exit(2)
     config = PeerConfig(k=k, seed=seed, window_days=window_days,
                         grids=dict(QUICK_GRIDS if quick else DEFAULT_GRIDS))
-    results = run_benchmark(data_dir, extra_models=load_extra_models(extra), config=config, protocols=protocol)
+    extra_models = load_extra_models(extra)
+    if platform_run:
+        extra_models[PLATFORM_MODEL] = platform_model(data_dir, work_dir)
+    results = run_benchmark(data_dir, extra_models=extra_models, config=config, protocols=protocol)
     print_tables(results)
     written = write_json_atomic(results, out)
     console.print(f"{results['seconds_total']:.1f}s in all; results in {written}")

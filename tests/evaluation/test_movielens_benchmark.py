@@ -96,10 +96,18 @@ def test_cli_writes_json(bench, fake_ml, tmp_path):
     app.command()(bench.main)
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["--data", str(fake_ml), "--out", str(out), "--quick", "--protocol", "per_user",
-                                      "--extra", f"oracle={__name__}:oracle_lists"])
+                                      "--no-platform", "--extra", f"oracle={__name__}:oracle_lists"])
     assert result.exit_code == 0, result.output
     written = json.loads(out.read_text())
     assert list(written["protocols"]) == ["per_user"] and written["k"] == 10
     assert written["protocols"]["per_user"]["models"]["oracle"]["metrics"]["ndcg@10"] == pytest.approx(1.0)
     missing = CliRunner().invoke(app, ["--data", str(tmp_path / "none"), "--out", str(out)])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_lift_over_best_peer_ignores_random_and_the_model_itself(bench):
+    models = {name: {"metrics": {"ndcg@10": value}} for name, value in
+              {"random": 0.5, "popularity": 0.10, "als": 0.20, bench.PLATFORM_MODEL: 0.23}.items()}
+    lift = bench.lift_over_best_peer(models, bench.PLATFORM_MODEL, 10)
+    assert lift["best_peer"] == "als" and lift["lift"] == pytest.approx(0.15)
+    assert bench.lift_over_best_peer({"als": models["als"]}, bench.PLATFORM_MODEL, 10) is None
