@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 export REDIS_URL ?= localhost:6379
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast serve bench lock clean doctor
+.PHONY: install demo movielens test test-fast serve bench bench-movielens lock clean doctor
 
 $(INSTALLED): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -26,6 +26,10 @@ doctor: install
 demo: install
 	$(PY) -m training demo $(ARGS)
 
+# The whole platform on MovieLens-100K (RECSYS_MOVIELENS_DIR, default ../shared/datasets/ml-100k).
+movielens: install
+	$(PY) -m training movielens $(ARGS)
+
 serve: install
 	$(PY) -m serving
 
@@ -38,6 +42,10 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/feature_pipeline.py $(ARGS)
+
+# Quality against popularity, item-kNN, implicit ALS/BPR on MovieLens-100K (both protocols).
+bench-movielens: install
+	$(PY) benchmarks/movielens.py $(ARGS)
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock

@@ -363,8 +363,8 @@ def ab(
     logs = read_served_logs(paths.log_dir, span, with_rows=False)
     if logs.records["variant"].isna().all():
         raise MonitoringInputError(
-            f"no request in {span.label()} carries a variant: the service does not assign variants yet "
-            f"(serving should call monitoring.ab.assign_variant and log the result)")
+            f"no request in {span.label()} carries a variant: was the service running with an A/B test "
+            f"(RECSYS_SERVING_EXPERIMENT, see serving/settings.py)?")
     quality_result = _quality(logs.records, span, paths, k, horizon, 7)
     units, problems = ab_units(quality_result.per_request, unit)
     result = analyze(units, metric or ["clicked", "converted"], control, weights, alpha, correction, mde,

@@ -34,8 +34,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         services = Services(settings)
         app.state.services = services
         services.start()
-        if services.holder.current is None:
-            log.error("serving without a model: %s", services.holder.last_error)
+        for variant, why in services.variants.problems().items():
+            log.error("serving without a model for %s: %s", variant, why)
         try:
             yield
         finally:

@@ -1,5 +1,16 @@
-"""Demo traffic: start the service, send a realistic stream of requests and events, show a few
-recommendations with item titles, stop the service cleanly. Used by `make demo`."""
+"""Demo traffic: start the service with a two-variant A/B test, send a realistic stream of requests
+and events, show a few recommendations with item titles, stop the service cleanly, then write the
+drift report and the A/B report on that traffic. Used by `make demo`.
+
+The traffic runs on a simulated clock that starts where the data the model was trained on ends
+(the bundle's training window, from GET /model): requests carry that time (`?time=`) and the
+clicks a few minutes after it. So the served features describe the period right after training,
+the drift report compares comparable data, and the monitoring window is that period
+(`--window 1d --end <end of the demo traffic>`), not the wall clock.
+
+Both demo variants are served by the same `latest` bundle unless RECSYS_SERVING_EXPERIMENT says
+otherwise, so the honest result of the A/B report is "no significant difference".
+"""
 
 from __future__ import annotations
 
@@ -9,27 +20,67 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from serving.settings import get_serving_settings
+from serving.settings import LATEST_BUNDLE, ExperimentSettings, ServingSettings, VariantSettings, get_serving_settings
 from training.data.schema import DEVICES, EVENT_TYPES
 from training.settings import get_settings
 
 console = Console()
 
+DEMO_EXPERIMENT = ExperimentSettings(name="demo-ab", variants={
+    "control": VariantSettings(weight=50, bundle=LATEST_BUNDLE),
+    "treatment": VariantSettings(weight=50, bundle=LATEST_BUNDLE)})
+TRAFFIC_SPAN = timedelta(hours=6)  # simulated time the demo's requests are spread over
+MAX_CLICK_DELAY = timedelta(minutes=10)  # a click follows its recommendation within this
+QUALITY_HORIZON = "15m"  # >= MAX_CLICK_DELAY: a click within it counts for the A/B and quality metrics
+MONITORING_WINDOW = "1d"  # >= TRAFFIC_SPAN: the reports' window, ending with the demo traffic
+UNKNOWN_USER_BASE = 10**9  # ids from here on are users the platform has never seen (cold start)
+UNKNOWN_USER_SHARE = 0.05
+CLICK_SHARE = 0.3  # share of known users' requests followed by a click on a recommended item
+CLICK_EVENT_TYPES = EVENT_TYPES[:2]  # view, click (no purchases: the A/B report tests the click rate)
+READY_TIMEOUT_S = 120.0
 
-def start_service(port: int, log_sample_rate: float = 1.0) -> subprocess.Popen:
-    env = {**os.environ, "RECSYS_SERVING_PORT": str(port),
-           "RECSYS_SERVING_LOG_SAMPLE_RATE": str(log_sample_rate), "RECSYS_SERVING_LOG_LEVEL": "warning"}
+
+@dataclass(frozen=True)
+class DemoClock:
+    """Simulated request times: `n` requests evenly over [start, start + span)."""
+
+    start: datetime
+    span: timedelta = TRAFFIC_SPAN
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.span
+
+    def at(self, i: int, n: int) -> datetime:
+        return self.start + self.span * (i / max(n, 1))
+
+
+@dataclass(frozen=True)
+class DemoReports:
+    drift: Path
+    drift_exit_code: int
+    ab: Path
+    ab_exit_code: int
+
+
+def start_service(port: int, log_dir: Path, experiment: ExperimentSettings,
+                  log_sample_rate: float = 1.0) -> subprocess.Popen:
+    env = {**os.environ, "RECSYS_SERVING_PORT": str(port), "RECSYS_SERVING_LOG_DIR": str(log_dir),
+           "RECSYS_SERVING_LOG_SAMPLE_RATE": str(log_sample_rate), "RECSYS_SERVING_LOG_LEVEL": "warning",
+           "RECSYS_SERVING_EXPERIMENT": experiment.model_dump_json()}
     return subprocess.Popen([sys.executable, "-m", "serving"], env=env)
 
 
-def wait_ready(client: httpx.Client, timeout_s: float = 120.0) -> None:
+def wait_ready(client: httpx.Client, timeout_s: float = READY_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -49,33 +100,47 @@ def stop_service(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def data_end(client: httpx.Client) -> datetime:
+    """Where the served bundle's training data ends (the end of its training window, a UTC
+    midnight: the latest materialized feature snapshot); now if the manifest does not say."""
+    window = client.get("/model").json().get("manifest", {}).get("training_window") or {}
+    if "end" not in window:
+        console.print("[yellow]the bundle's manifest has no training window: the demo traffic uses the wall clock[/]")
+        return datetime.now(timezone.utc)
+    return datetime.fromisoformat(window["end"]).replace(tzinfo=timezone.utc)
+
+
 def send_traffic(client: httpx.Client, user_ids: list[int], item_ids: list[int], n_requests: int,
-                 seed: int = 0) -> dict[str, int]:
-    """Requests from known users (and a few unknown ones); after some, the user clicks what was
-    recommended, as events posted back to the service."""
+                 clock: DemoClock, seed: int = 0) -> dict[str, int]:
+    """Requests from known users (and a few unknown ones) at the clock's times; after some, the
+    user clicks what was recommended a few minutes later, as events posted back to the service."""
     rng = random.Random(seed)
     counts = {"requests": 0, "events": 0, "errors": 0}
-    for _ in range(n_requests):
-        user = rng.choice(user_ids) if rng.random() > 0.05 else 10**9 + rng.randrange(1000)
-        response = client.get(f"/recommendations/{user}", params={"k": 10, "device": rng.choice(DEVICES)})
+    for i in range(n_requests):
+        when = clock.at(i, n_requests)
+        known = rng.random() > UNKNOWN_USER_SHARE
+        user = rng.choice(user_ids) if known else UNKNOWN_USER_BASE + rng.randrange(1000)
+        response = client.get(f"/recommendations/{user}",
+                              params={"k": 10, "device": rng.choice(DEVICES), "time": when.isoformat()})
         counts["requests"] += 1
         if response.status_code != 200:
             counts["errors"] += 1
             continue
-        items = [i["item_id"] for i in response.json()["items"]] or [rng.choice(item_ids)]
-        if user < 10**9 and rng.random() < 0.3:
-            event = {"user_id": user, "item_id": rng.choice(items), "event_type": rng.choice(EVENT_TYPES[:2]),
-                     "timestamp": datetime.now(timezone.utc).isoformat()}
+        items = [item["item_id"] for item in response.json()["items"]] or [rng.choice(item_ids)]
+        if known and rng.random() < CLICK_SHARE:
+            clicked_at = when + MAX_CLICK_DELAY * rng.random()
+            event = {"user_id": user, "item_id": rng.choice(items), "event_type": rng.choice(CLICK_EVENT_TYPES),
+                     "timestamp": clicked_at.isoformat()}
             counts["events"] += 1
             if client.post("/events", json=event).status_code != 200:
                 counts["errors"] += 1
     return counts
 
 
-def show_recommendations(client: httpx.Client, user_ids: list[int], titles: dict[int, str]) -> None:
+def show_recommendations(client: httpx.Client, user_ids: list[int], titles: dict[int, str], when: datetime) -> None:
     for user in user_ids:
-        body = client.get(f"/recommendations/{user}", params={"k": 5}).json()
-        table = Table(title=f"user {user} - model {body['model_version']}"
+        body = client.get(f"/recommendations/{user}", params={"k": 5, "time": when.isoformat()}).json()
+        table = Table(title=f"user {user} - variant {body['variant']} - model {body['model_version']}"
                             f"{' (cold start)' if body['cold_start'] else ''}")
         for column in ("#", "item", "title", "category", "score", "source"):
             table.add_column(column)
@@ -85,21 +150,56 @@ def show_recommendations(client: httpx.Client, user_ids: list[int], titles: dict
         console.print(table)
 
 
-def run_demo(n_requests: int = 300) -> None:
+def _monitoring(command: str, *args: str) -> int:
+    return subprocess.run([sys.executable, "-m", "monitoring", command, *args], check=False).returncode
+
+
+def write_reports(serving: ServingSettings, log_dir: Path, clock: DemoClock, experiment: ExperimentSettings,
+                  out_dir: Path) -> DemoReports:
+    """The drift report and the A/B report on the demo's served log, over the demo's window."""
+    window = ["--window", MONITORING_WINDOW, "--end", clock.end.isoformat(), "--log-dir", str(log_dir),
+              "--events-dir", str(serving.events_dir), "--horizon", QUALITY_HORIZON]
+    drift = _monitoring("drift", *window, "--models-dir", str(serving.models_dir), "--out", str(out_dir / "drift"))
+    ab = _monitoring("ab", *window, "--experiment", experiment.name, "--variants", experiment.split(),
+                     "--control", experiment.control, "--metric", "clicked", "--out", str(out_dir / "ab"))
+    return DemoReports(out_dir / "drift" / "drift_report.html", drift, out_dir / "ab" / "ab_report.html", ab)
+
+
+def print_reports(reports: DemoReports) -> None:
+    for name, path, code in (("drift report", reports.drift, reports.drift_exit_code),
+                             ("A/B report", reports.ab, reports.ab_exit_code)):
+        if path.is_file():
+            note = " (exit code 1: drift above the threshold)" if name == "drift report" and code == 1 else ""
+            console.print(f"[bold green]{name}:[/] {path}{note}")
+        else:
+            console.print(f"[bold red]{name} not written[/] (exit code {code}; see the message above)")
+
+
+def run_demo(n_requests: int = 300) -> DemoReports:
     settings, serving = get_settings(), get_serving_settings()
+    experiment = serving.experiment or DEMO_EXPERIMENT
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = serving.log_dir / f"demo-{stamp}"  # this run's log only: a re-run does not mix runs
     items = pd.read_parquet(settings.raw_dir / "items", columns=["item_id", "title"])
     users = pd.read_parquet(settings.raw_dir / "users", columns=["user_id"])["user_id"].tolist()
-    proc = start_service(serving.port)
+    proc = start_service(serving.port, log_dir, experiment)
     try:
         with httpx.Client(base_url=f"http://{serving.host}:{serving.port}", timeout=30) as client:
             wait_ready(client)
+            clock = DemoClock(data_end(client))
+            console.print(f"A/B test {experiment.name!r}: {experiment.split()}; simulated traffic "
+                          f"{clock.start:%Y-%m-%d %H:%M} .. {clock.end:%Y-%m-%d %H:%M} UTC")
             started = time.perf_counter()
-            counts = send_traffic(client, users, items["item_id"].tolist(), n_requests)
+            counts = send_traffic(client, users, items["item_id"].tolist(), n_requests, clock)
             console.print(f"sent {counts} in {time.perf_counter() - started:.1f}s")
-            show_recommendations(client, users[:2] + [10**9], dict(zip(items.item_id, items.title)))
+            show_recommendations(client, users[:2] + [UNKNOWN_USER_BASE], dict(zip(items.item_id, items.title)),
+                                 clock.end)
     finally:
         stop_service(proc)
-    console.print(f"served-feature logs: {serving.log_dir}")
+    console.print(f"served-feature logs: {log_dir}")
+    reports = write_reports(serving, log_dir, clock, experiment, settings.reports_dir / "monitoring" / f"demo-{stamp}")
+    print_reports(reports)
+    return reports
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ STAGES = ("retrieval", "features", "ranking", "rules")
 class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._model_versions: set[str] = set()  # marked 1 in recsys_model_info
         r = self.registry
         self.requests = Counter("recsys_http_requests_total", "HTTP requests by endpoint and status",
                                 ["endpoint", "method", "status"], registry=r)
@@ -29,8 +30,12 @@ class ServingMetrics:
                                     registry=r)
         self.responses = Counter("recsys_recommendations_total", "Recommendations by kind",
                                  ["kind"], registry=r)  # personalized | cold_start | degraded
+        self.variant_responses = Counter("recsys_experiment_recommendations_total",
+                                         "Recommendations per A/B variant (only with an experiment configured)",
+                                         ["experiment", "variant", "model_version"], registry=r)
         self.events = Counter("recsys_events_total", "Events accepted by POST /events", ["outcome"], registry=r)
-        self.model_info = Gauge("recsys_model_info", "Bundles loaded: 1 for the one in service, 0 for earlier ones",
+        self.model_info = Gauge("recsys_model_info", "Bundles loaded: 1 for those in service (one per "
+                                "distinct variant bundle), 0 for earlier ones",
                                 ["version"], registry=r)
         self.reloads = Counter("recsys_model_reloads_total", "Bundle reload attempts", ["result"], registry=r)
         self.redis_up = Gauge("recsys_online_store_up", "1 when Redis answered the last health check", registry=r)
@@ -52,9 +57,10 @@ class ServingMetrics:
             timings[stage] = timings.get(stage, 0.0) + seconds
             self.stage.labels(endpoint, stage).observe(seconds)
 
-    def set_model(self, version: str) -> None:
-        previous = getattr(self, "_model_version", None)
-        if previous is not None and previous != version:
-            self.model_info.labels(previous).set(0)  # 1 marks the version in service
-        self._model_version = version
-        self.model_info.labels(version).set(1)
+    def set_models(self, versions: set[str]) -> None:
+        """Mark exactly `versions` as in service (1); bundles served earlier drop to 0."""
+        for previous in self._model_versions - versions:
+            self.model_info.labels(previous).set(0)
+        self._model_versions = set(versions)
+        for version in versions:
+            self.model_info.labels(version).set(1)

@@ -240,7 +240,7 @@ class ModelHolder:
                 except Exception:  # noqa: BLE001 - the reloader must never die
                     log.exception("model reload check failed")
 
-        self._thread = threading.Thread(target=loop, name="bundle-reloader", daemon=True)
+        self._thread = threading.Thread(target=loop, name=f"bundle-reloader-{self.version}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

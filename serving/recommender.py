@@ -35,6 +35,7 @@ import pandas as pd
 from serving.features import (
     IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemFeatureCache, OnlineFeatures, OnlineStoreUnavailable,
 )
+from serving.experiment import VariantRouter
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder
 from serving.rules import RuleConfig, apply_rules
@@ -93,6 +94,7 @@ class Recommendation:
     request_time: datetime
     device: str
     items: list[dict[str, Any]]
+    variant: str | None = None  # A/B variant of the user (None without an experiment)
     cold_start: bool = False
     degraded: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -174,12 +176,12 @@ class MicroBatcher:
 
 
 class Recommender:
-    def __init__(self, holder: ModelHolder, online: OnlineFeatures, cache: ItemFeatureCache,
+    def __init__(self, variants: VariantRouter, online: OnlineFeatures, cache: ItemFeatureCache,
                  health: StoreHealth, rules: RuleConfig, metrics: ServingMetrics, served_log: ServedLog,
                  cold_start_candidates: int = 200, item_feature_source: str = "cache",
                  max_batch: int = 1, batch_workers: int = 1, num_threads: int = 1,
                  max_pending: int = 0) -> None:
-        self.holder = holder
+        self.variants = variants
         self.online = online
         self.cache = cache
         self.health = health
@@ -194,11 +196,26 @@ class Recommender:
         self.num_threads = num_threads
         self.batcher = MicroBatcher(self._process, max_batch, batch_workers, max_pending) if max_batch > 1 else None
 
-    def model(self) -> LoadedModel:
-        model = self.holder.current
+    @property
+    def holder(self) -> ModelHolder:
+        """The control's (or the only) bundle."""
+        return self.variants.primary
+
+    def model(self, variant: str | None = None) -> LoadedModel:
+        """The bundle in service for `variant` (the control's / the only one by default)."""
+        variant = self.variants.primary_variant if variant is None else variant
+        holder = self.variants.holder(variant)
+        model = holder.current
         if model is None:
-            raise ModelNotReady("no model bundle loaded yet")
+            raise ModelNotReady(_not_loaded(variant, holder))
         return model
+
+    def known_items(self, item_ids) -> np.ndarray:
+        """Per item: >= 0 when some bundle in service has it in its catalog, -1 otherwise."""
+        found = np.full(len(item_ids), -1, dtype=np.int64)
+        for model in self.variants.loaded_models():
+            found = np.maximum(found, model.item_ids.to_idx(item_ids))
+        return found
 
     def stop(self) -> None:
         if self.batcher is not None:
@@ -208,25 +225,45 @@ class Recommender:
 
     def recommend(self, user_id: int, k: int, device: str, when: datetime | None = None,
                   keep_rows: bool = False) -> Recommendation:
-        self.model()  # fail fast (503) without a bundle
-        result = Recommendation(uuid.uuid4().hex, int(user_id), "", to_utc(when), device, [])
+        variant = self.variants.assign(user_id)
+        self.model(variant)  # fail fast (503) without a bundle for this user's variant
+        result = Recommendation(uuid.uuid4().hex, int(user_id), "", to_utc(when), device, [], variant=variant)
         pending = _Pending(result, k)
         if self.batcher is not None:
             self.batcher.submit(pending)
         else:
             self._process([pending])
-        kind = "degraded" if result.degraded else "cold_start" if result.cold_start else "personalized"
-        self.metrics.responses.labels(kind).inc()
+            if pending.error is not None:
+                raise pending.error
+        self._count(result)
         if self.served_log.sampled():
             self.served_log.submit(self._log_record(result), result.rows)
         if not keep_rows:
             result.rows = None
         return result
 
+    def _count(self, result: Recommendation) -> None:
+        kind = "degraded" if result.degraded else "cold_start" if result.cold_start else "personalized"
+        self.metrics.responses.labels(kind).inc()
+        experiment = self.variants.experiment
+        if experiment is not None:
+            self.metrics.variant_responses.labels(experiment.name, result.variant, result.model_version).inc()
+
     def _process(self, batch: list[_Pending]) -> None:
-        """The request path for a batch of requests (one bundle, one call per online lookup)."""
-        model = self.model()
+        """A batch of requests, one group per bundle (a group never mixes bundles). A failure is
+        handed to the requests of its group only (`pending.error`)."""
         _limit_threads(self.num_threads)
+        groups = self.variants.group_by_holder(p.result.variant for p in batch)
+        for positions in groups.values():
+            group = [batch[i] for i in positions]
+            try:
+                self._process_group(self.model(group[0].result.variant), group)
+            except Exception as error:  # noqa: BLE001 - raised to each waiting request of the group
+                for pending in group:
+                    pending.error = pending.error or error
+
+    def _process_group(self, model: LoadedModel, batch: list[_Pending]) -> None:
+        """The request path for requests of one bundle (one call per online lookup)."""
         results = [p.result for p in batch]
         for result in results:
             result.model_version = model.version
@@ -443,7 +480,7 @@ class Recommender:
             "timestamp": result.request_time,
             "user_id": result.user_id,
             "model_version": result.model_version,
-            "variant": None,
+            "variant": result.variant,
             "device": result.device,
             "cold_start": result.cold_start,
             "degraded": result.degraded,
@@ -476,6 +513,13 @@ class Recommender:
         return {"item_id": int(item_id), "model_version": model.version,
                 "embedding_neighbours": describe(neighbours, "two_tower"),
                 "covisitation": describe(covisited, "covisit")}
+
+
+def _not_loaded(variant: str | None, holder: ModelHolder) -> str:
+    reason = holder.last_error or "loading"
+    if variant is None:
+        return f"no model bundle loaded yet ({reason})"
+    return f"variant {variant!r}: its bundle {holder.version!r} is not loaded ({reason})"
 
 
 def _limit_threads(n: int) -> None:

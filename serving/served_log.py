@@ -2,8 +2,8 @@
 
 One record per sampled request, in parquet files `<log_dir>/date=YYYY-MM-DD/served-<time>-<id>.parquet`:
 
-    request_id, timestamp (UTC), user_id, model_version, variant (null for now), device,
-    cold_start, degraded, items (list<int64>, the returned list, best first),
+    request_id, timestamp (UTC), user_id, model_version, variant (the A/B variant; null without
+    an experiment), device, cold_start, degraded, items (list<int64>, the returned list, best first),
     scores (list<double>, the returned scores), ranker_scores (list<double>),
     features (list<struct>: the ranker's input rows of the request, one per scored candidate, with
     the columns of the training pipeline's ranking rows: request/retrieval columns + the `ranking`

@@ -1,7 +1,9 @@
 """Everything a running server holds, wired together, with its background threads.
 
 Background threads (all daemons, stopped by `stop()`):
-* bundle reloader - checks `latest` every `reload_interval_s` (see `serving.model.ModelHolder`);
+* bundle reloaders - one per distinct bundle of the A/B variants (one without an experiment),
+  each checks its version (`latest` moves) every `reload_interval_s` (see `serving.model.ModelHolder`,
+  `serving.experiment.VariantRouter`);
 * item feature cache refresh - every `item_cache_refresh_s` (see `serving.features`);
 * Redis health check - a PING every `health_check_interval_s`, marks the store up/down;
 * served-log writer - drains the sampled request records to parquet (see `serving.served_log`).
@@ -12,11 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 
 import faiss
+import numpy as np
 import torch
 
 from serving.events import EventIngestor
+from serving.experiment import VariantRouter
 from serving.features import ItemFeatureCache, OnlineFeatures, make_feature_store
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder
@@ -43,17 +48,18 @@ class Services:
         self.cache = ItemFeatureCache(self.online, settings, on_refresh=self._cache_refreshed)
         self.metrics.item_cache_age.set_function(
             lambda: self.cache.snapshot.age() if self.cache.snapshot is not None else float("nan"))
-        candidates = CandidateConfig(n_ann=settings.n_ann, n_trending=settings.n_trending,
-                                     n_covisit=settings.n_covisit, covisit_seeds=settings.covisit_seeds)
-        self.holder = ModelHolder(settings.models_dir, settings.bundle_version, self._expected_features,
-                                  candidates, prepare=self._prepare, on_change=self._model_changed)
+        self.candidates = CandidateConfig(n_ann=settings.n_ann, n_trending=settings.n_trending,
+                                          n_covisit=settings.n_covisit, covisit_seeds=settings.covisit_seeds)
+        self._catalog_lock = threading.Lock()
+        self.variants = VariantRouter(settings.experiment, settings.variant_bundles(), self._make_holder)
+        self.holder = self.variants.primary  # the control's (or the only) bundle
         self.rules = RuleConfig(exclude_seen=settings.exclude_seen, dedup=settings.dedup,
                                 diversity=settings.diversity, max_per_category=settings.max_per_category,
                                 mmr_lambda=settings.mmr_lambda, freshness_boost=settings.freshness_boost)
         self.served_log = ServedLog(settings.log_dir, settings.log_sample_rate, settings.log_queue_size,
                                     settings.log_flush_s, settings.log_max_rows_per_request,
                                     count=lambda outcome, n: self.metrics.served_log.labels(outcome).inc(n))
-        self.recommender = Recommender(self.holder, self.online, self.cache, self.health, self.rules,
+        self.recommender = Recommender(self.variants, self.online, self.cache, self.health, self.rules,
                                        self.metrics, self.served_log, settings.cold_start_candidates,
                                        settings.item_feature_source, settings.max_batch,
                                        settings.batch_workers, settings.num_threads, settings.max_pending)
@@ -69,14 +75,31 @@ class Services:
 
         return service_features(self.store, "ranking").columns
 
-    def _prepare(self, model: LoadedModel) -> None:
+    def _make_holder(self, bundle: str) -> ModelHolder:
+        return ModelHolder(self.settings.models_dir, bundle, self._expected_features, self.candidates,
+                           prepare=partial(self._prepare, bundle), on_change=self._model_changed)
+
+    def _prepare(self, bundle: str, model: LoadedModel) -> None:
         """Before a bundle is swapped in: the item cache must cover its catalog."""
-        self.cache.ensure(model.item_ids.ids)
+        self._cover_catalogs(model, replacing=bundle)
+
+    def _cover_catalogs(self, incoming: LoadedModel | None = None, replacing: str | None = None) -> None:
+        """Make the item cache cover the catalogs of every bundle in service (plus `incoming`,
+        which replaces the holder of bundle `replacing`). Serialized, and repeated after each swap,
+        so holders reloading at the same time cannot leave a catalog out."""
+        with self._catalog_lock:
+            catalogs = [] if incoming is None else [incoming.item_ids.ids]
+            catalogs += [holder.current.item_ids.ids for bundle, holder in self.variants.holders.items()
+                         if bundle != replacing and holder.current is not None]
+            distinct = [c for i, c in enumerate(catalogs) if not any(np.array_equal(c, d) for d in catalogs[:i])]
+            if distinct:  # one catalog keeps its order; a union is sorted, so it compares equal when unchanged
+                self.cache.ensure(distinct[0] if len(distinct) == 1 else np.unique(np.concatenate(distinct)))
 
     def _model_changed(self, event: str, version: str) -> None:
         self.metrics.reloads.labels(event).inc()
         if event == "loaded":
-            self.metrics.set_model(version)
+            self._cover_catalogs()
+            self.metrics.set_models(self.variants.versions_in_service())
 
     def _cache_refreshed(self, outcome: str, seconds: float) -> None:
         self.metrics.item_cache_refresh.labels(outcome).observe(seconds)
@@ -85,8 +108,8 @@ class Services:
 
     def start(self) -> None:
         self.check_store()
-        self.holder.check()
-        self.holder.start(self.settings.reload_interval_s)
+        self.variants.check()
+        self.variants.start(self.settings.reload_interval_s)
         self.cache.start()
         self.served_log.start()
         self._health_thread = threading.Thread(target=self._health_loop, name="redis-health", daemon=True)
@@ -95,7 +118,7 @@ class Services:
     def stop(self) -> None:
         self._stop.set()
         self.recommender.stop()
-        self.holder.stop()
+        self.variants.stop()
         self.cache.stop()
         self.served_log.close()
         if self._health_thread is not None:
@@ -124,6 +147,7 @@ class Services:
             log.warning("item cache load after Redis recovery failed: %s", error)
 
     def readiness(self) -> dict:
+        """Ready when every variant's bundle is loaded and Redis answers."""
         model = self.holder.current
         snapshot = self.cache.snapshot
         redis_ok = self.online.ping()
@@ -131,21 +155,29 @@ class Services:
             self.health.up()
         else:
             self.health.down("Redis PING failed")
+        models_ok = self.variants.ready
         return {
-            "ready": model is not None and redis_ok,
-            "model_loaded": model is not None,
+            "ready": models_ok and redis_ok,
+            "model_loaded": models_ok,
             "model_version": model.version if model else None,
+            "variants": self.variants.describe(),
             "redis_reachable": redis_ok,
             "item_cache_age_s": round(snapshot.age(), 3) if snapshot else None,
-            "details": {k: v for k, v in {"model_error": self.holder.last_error,
+            "details": {k: v for k, v in {"model_error": self._model_error(),
                                           "redis_error": self.health.last_error,
                                           "item_cache_error": self.cache.last_error}.items() if v},
         }
 
+    def _model_error(self) -> str | None:
+        if self.variants.experiment is None:
+            return self.holder.last_error
+        problems = self.variants.problems()
+        return "; ".join(f"variant {variant!r}: {why}" for variant, why in sorted(problems.items())) or None
+
     def wait_ready(self, timeout: float = 30.0) -> bool:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.holder.ready:
+            if self.variants.ready:
                 return True
             time.sleep(0.1)
-        return self.holder.ready
+        return self.variants.ready

@@ -2,21 +2,76 @@
 
 Paths default to the training layout (`training.settings.Settings`), so `python -m serving` on the
 machine that trained serves the latest bundle against the same Feast repository and event log.
+
+An A/B experiment is one JSON value (`ExperimentSettings`), e.g.
+
+    RECSYS_SERVING_EXPERIMENT='{"name": "ranker-v2", "variants": {
+        "control": {"weight": 50, "bundle": "latest"},
+        "treatment": {"weight": 50, "bundle": "20261122T031500Z-1a2b3c"}}}'
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.data.schema import DEVICES
 from training.settings import get_settings as get_training_settings
 
 DiversityMode = Literal["none", "category_cap", "mmr"]
+LATEST_BUNDLE = "latest"
+# Experiment and variant names end up in `python -m monitoring ab --variants name=weight,...` and in
+# metric labels.
+Slug = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class VariantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(ge=0, allow_inf_nan=False, description="relative share of the users "
+                                                                 "(50/50 and 1/1 are the same split)")
+    bundle: str | None = Field(None, description="a version directory under models_dir, or 'latest' "
+                                                 "(hot-reloaded); default: the service's bundle_version")
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value.startswith(".") or "/" in value or "\\" in value):
+            raise ValueError(f"bundle must be {LATEST_BUNDLE!r} or a version directory name, got {value!r}")
+        return value
+
+
+class ExperimentSettings(BaseModel):
+    """An A/B test: users are hashed into variants (`monitoring.ab.assign_variant`), each variant
+    is served by its own bundle and logged with the served lists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Slug = Field(description="experiment name (the report title; the default salt)")
+    salt: str | None = Field(None, min_length=1, description="hash salt; default: the name. A new salt "
+                                                             "reshuffles the users between variants")
+    control: Slug = Field("control", description="the variant the others are compared with")
+    variants: dict[Slug, VariantSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> ExperimentSettings:
+        if self.control not in self.variants:
+            raise ValueError(f"control variant {self.control!r} is not one of the variants {sorted(self.variants)}")
+        if not any(v.weight > 0 for v in self.variants.values()):
+            raise ValueError("variant weights must not all be 0")
+        return self
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: variant.weight for name, variant in self.variants.items()}
+
+    def split(self) -> str:
+        """The split as `python -m monitoring ab --variants` takes it: `control=50,treatment=50`."""
+        return ",".join(f"{name}={weight:.12g}" for name, weight in sorted(self.weights.items()))
 
 
 class ServingSettings(BaseSettings):
@@ -33,7 +88,7 @@ class ServingSettings(BaseSettings):
     feature_repo: Path = Field(default_factory=lambda: get_training_settings().repo_root,
                                description="directory holding feature_store.yaml")
     models_dir: Path = Field(default_factory=lambda: get_training_settings().artifacts_dir / "models")
-    bundle_version: str = Field("latest", description="a version directory, or 'latest' (hot-reloaded)")
+    bundle_version: str = Field(LATEST_BUNDLE, description="a version directory, or 'latest' (hot-reloaded)")
     events_dir: Path = Field(default_factory=lambda: get_training_settings().raw_dir / "events",
                              description="event log the next training run reads (raw events layout)")
     log_dir: Path = Field(default_factory=lambda: get_training_settings().data_dir / "serving_logs",
@@ -97,6 +152,10 @@ class ServingSettings(BaseSettings):
     events_require_known_item: bool = True
     max_events_per_request: int = Field(1_000, ge=1)
 
+    # -- A/B test -------------------------------------------------------------------------------
+    experiment: ExperimentSettings | None = Field(None, description="JSON; None: one bundle "
+                                                  "(bundle_version) for everybody, variant null")
+
     @field_validator("default_device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -109,6 +168,12 @@ class ServingSettings(BaseSettings):
         if self.default_k > self.max_k:
             raise ValueError("default_k must not exceed max_k")
         return self
+
+    def variant_bundles(self) -> dict[str | None, str]:
+        """Variant -> bundle version it is served by ({None: bundle_version} without an experiment)."""
+        if self.experiment is None:
+            return {None: self.bundle_version}
+        return {name: variant.bundle or self.bundle_version for name, variant in self.experiment.variants.items()}
 
     def online_connection_string(self, configured: str) -> str:
         """The Feast Redis connection string with socket timeouts, so a dead or hung Redis costs a

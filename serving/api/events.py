@@ -24,13 +24,13 @@ def post_events(services: ServicesDep,
     if len(events) > settings.max_events_per_request:
         raise ServingError(413, f"at most {settings.max_events_per_request} events per request, got {len(events)}")
     try:
-        model = services.recommender.model()
+        services.recommender.model()
     except ModelNotReady as error:
         raise ServingError(503, str(error)) from error
     rows = [{"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type,
              "event_timestamp": e.timestamp or _now(), "device": e.device or settings.default_device,
              "rating": e.rating} for e in events]
-    known = model.item_ids.to_idx if settings.events_require_known_item else None
+    known = services.recommender.known_items if settings.events_require_known_item else None
     try:
         result = services.events.ingest(rows, known, push=services.health.available)
     except InvalidEvents as error:

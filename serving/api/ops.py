@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.api.deps import ServicesDep
 from serving.api.errors import ServingError
-from serving.api.schemas import ErrorResponse, Health, ModelResponse, Readiness
+from serving.api.schemas import ErrorResponse, ExperimentInfo, Health, ModelResponse, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -21,7 +21,8 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(services: ServicesDep):
-    """Ready when a model is loaded and Redis answers; 503 (with the reasons) otherwise."""
+    """Ready when every A/B variant's bundle (the one bundle, without an experiment) is loaded and
+    Redis answers; 503 (with the reasons) otherwise."""
     state = services.readiness()
     return JSONResponse(Readiness(**state).model_dump(), status_code=200 if state["ready"] else 503)
 
@@ -34,12 +35,18 @@ def metrics(services: ServicesDep) -> Response:
 
 @router.get("/model", response_model=ModelResponse, responses={503: {"model": ErrorResponse}})
 def model(services: ServicesDep) -> ModelResponse:
-    """The bundle in service: version and manifest; plus the last reload problem, if any."""
+    """The bundle in service (the control's, with an A/B test): version and manifest; the last
+    reload problem, if any; and the experiment's variants with the versions serving them."""
     holder = services.holder
     current = holder.current
     if current is None:
         raise ServingError(503, f"no model bundle loaded yet: {holder.last_error or 'loading'}")
+    experiment = services.variants.experiment
     return ModelResponse(version=current.version, bundle_dir=str(current.bundle_dir),
                          loaded_at=datetime.fromtimestamp(current.loaded_at, tz=timezone.utc),
                          manifest=current.manifest, last_reload_error=holder.last_error,
-                         rejected_bundles=dict(holder.rejected))
+                         rejected_bundles={name: why for h in services.variants.holders.values()
+                                           for name, why in h.rejected.items()},
+                         experiment=None if experiment is None else ExperimentInfo(
+                             name=experiment.name, control=experiment.control,
+                             variants=services.variants.describe()))

@@ -38,6 +38,7 @@ async def recommendations(request: Request, services: ServicesDep, k: KParam, de
         services.inflight -= 1
     request.state.request_id = result.request_id
     return RecommendationResponse(
-        request_id=result.request_id, user_id=result.user_id, model_version=result.model_version, k=k,
+        request_id=result.request_id, user_id=result.user_id, model_version=result.model_version,
+        variant=result.variant, k=k,
         items=result.items, cold_start=result.cold_start, degraded=result.degraded, reasons=result.reasons,
         n_candidates=result.n_candidates, timings_ms=result.timings_ms)

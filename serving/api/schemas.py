@@ -27,7 +27,7 @@ class RecommendationResponse(BaseModel):
     request_id: str
     user_id: int
     model_version: str
-    variant: str | None = None
+    variant: str | None = Field(None, description="the user's A/B variant (null without an experiment)")
     k: int
     items: list[RecommendedItem]
     cold_start: bool = Field(description="the user has no online history: context-aware trending items")
@@ -80,13 +80,29 @@ class EventsResponse(BaseModel):
     error: str | None = None
 
 
+class VariantInfo(BaseModel):
+    weight: float
+    share: float = Field(description="the variant's share of the users")
+    bundle: str = Field(description="the configured bundle: 'latest' or a version directory")
+    version: str | None = Field(description="the bundle version in service (null: not loaded)")
+    loaded: bool
+    last_reload_error: str | None = None
+
+
+class ExperimentInfo(BaseModel):
+    name: str
+    control: str
+    variants: dict[str, VariantInfo]
+
+
 class ModelResponse(BaseModel):
-    version: str
+    version: str = Field(description="the bundle in service (the control's, with an experiment)")
     bundle_dir: str
     loaded_at: datetime
     manifest: dict[str, Any]
     last_reload_error: str | None = None
     rejected_bundles: dict[str, str] = Field(default_factory=dict)
+    experiment: ExperimentInfo | None = Field(None, description="the A/B test, if one is configured")
 
 
 class Health(BaseModel):
@@ -97,6 +113,7 @@ class Readiness(BaseModel):
     ready: bool
     model_loaded: bool
     model_version: str | None
+    variants: dict[str, VariantInfo] | None = Field(None, description="per A/B variant (null without an experiment)")
     redis_reachable: bool
     item_cache_age_s: float | None
     details: dict[str, Any] = Field(default_factory=dict)

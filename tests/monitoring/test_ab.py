@@ -233,5 +233,5 @@ def test_ab_cli_without_variants_in_the_log_is_bad_input(dirs):
                                       "2026-03-02", "--log-dir", str(dirs.logs), "--events-dir", str(dirs.events),
                                       "--out", str(dirs.out)])
     assert result.exit_code == 2
-    assert "does not assign variants yet" in result.output.replace("\n", " ")
+    assert "carries a variant" in result.output.replace("\n", " ")
     assert not dirs.out.exists()

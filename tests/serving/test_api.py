@@ -56,8 +56,9 @@ def test_health_readiness_and_model(client, world):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.json()["variants"] is None  # no A/B test configured
     model = client.get("/model").json()
-    assert model["version"] == world.bundle.name
+    assert model["version"] == world.bundle.name and model["experiment"] is None
     assert model["manifest"]["feature_service"] == "ranking"
     assert "user_daily__view_count_1d" in model["manifest"]["features"]
     assert client.get("/openapi.json").status_code == 200
@@ -69,6 +70,7 @@ def test_recommendations_are_ranked_and_exclude_the_history(client, services, wa
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["user_id"] == user and body["model_version"] == services.holder.current.version
+    assert body["variant"] is None
     assert body["cold_start"] is False and body["degraded"] is False
     items = body["items"]
     assert len(items) == 10
