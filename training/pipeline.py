@@ -55,6 +55,10 @@ class TrainConfig:
     max_val_requests: int = 1_500
     max_test_users: int = 3_000
     max_retrieval_pairs: int = 400_000
+    # "daily": requests at midnight, labelled by the day's events; "session": requests mid-day,
+    # labelled by the day's last `session_label_share` of events (see training.datasets.requests).
+    request_mode: str = "daily"
+    session_label_share: float = 0.2
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
         epochs=8, batch_size=1024, progress=sys.stderr.isatty()))
@@ -121,6 +125,15 @@ def events_frame(events: DataFrame, path: Path, catalog: Catalog) -> pd.DataFram
     return frame[(frame.user_idx >= 0) & (frame.item_idx >= 0)].sort_values("ts").reset_index(drop=True)
 
 
+def labelled_requests(events: DataFrame, start: date, end: date, config: TrainConfig) -> DataFrame:
+    """Training / validation requests of [start, end) in the configured request mode."""
+    if config.request_mode == "daily":
+        return req.daily_requests(events, start, end)
+    if config.request_mode == "session":
+        return req.session_requests(events, start, end, config.session_label_share)
+    raise ValueError(f"request_mode must be 'daily' or 'session', got {config.request_mode!r}")
+
+
 def with_user_features(store: FeatureStore, spark: SparkSession, labelled: DataFrame, path: Path) -> pd.DataFrame:
     """Labelled request rows + the `retrieval` service's point-in-time user features."""
     requests = labelled.select("request_id", "user_id", "event_timestamp", "device").distinct()
@@ -135,9 +148,9 @@ def with_user_features(store: FeatureStore, spark: SparkSession, labelled: DataF
 def train_retrieval(store, spark, events: DataFrame, split: TimeSplit, catalog: Catalog, config: TrainConfig,
                     work: Path, settings: Settings):
     """Two-tower on (user features at the start of the day, items of that day) pairs."""
-    train_labels = req.sample_requests(req.daily_requests(events, split.start, split.ranker_start),
+    train_labels = req.sample_requests(labelled_requests(events, split.start, split.ranker_start, config),
                                        config.max_retrieval_pairs // 4, config.seed)
-    val_labels = req.sample_requests(req.daily_requests(events, split.ranker_start, split.val_start),
+    val_labels = req.sample_requests(labelled_requests(events, split.ranker_start, split.val_start, config),
                                      config.max_val_requests, config.seed)
     write_parquet(train_labels, work / "retrieval_train_labels")
     write_parquet(val_labels, work / "retrieval_val_labels")
@@ -330,7 +343,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     # Ranker training / validation requests and their candidates.
     def ranker_set(name: str, start: date, end: date, limit: int) -> pd.DataFrame:
-        labels = req.sample_requests(req.daily_requests(events, start, end), limit, config.seed)
+        labels = req.sample_requests(labelled_requests(events, start, end, config), limit, config.seed)
         write_parquet(labels, work / f"{name}_labels")
         labels_pd = pd.read_parquet(work / f"{name}_labels")
         requests = with_user_features(store, spark, labels, work / f"{name}_users")

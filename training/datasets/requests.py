@@ -1,6 +1,14 @@
 """Labelled requests built in Spark from raw events.
 
-A request is (user, request time T at a UTC midnight). Its positives are the items the user
+Two kinds, chosen by `TrainConfig.request_mode`:
+
+* "daily" (`daily_requests`): a request is (user, request time T at a UTC midnight).
+* "session" (`session_requests`): a request is made in the middle of a user's day, just before
+  the last `label_share` of that day's events, which are its positives; the features at that time
+  (recent history at event granularity) hold the day's earlier events. This is what a service
+  sees when a user asks for recommendations mid-session (MovieLens users rate in one sitting).
+
+For daily requests: Its positives are the items the user
 interacted with in the label window [T, T + window), graded by the strongest event type
 (purchase 4 > add_to_cart 3 > click 2 > view 1). Its context (device) is the device of the user's
 first event in the window, which a live request would carry.
@@ -30,6 +38,38 @@ def daily_requests(events: DataFrame, start: date, end: date) -> DataFrame:
         (F.col("event_timestamp") >= F.lit(start)) & (F.col("event_timestamp") < F.lit(end))
     ).withColumn("request_day", F.to_date("event_timestamp"))
     return _label(window_events, ["user_id", "request_day"])
+
+
+def session_requests(events: DataFrame, start: date, end: date, label_share: float) -> DataFrame:
+    """One request per user and day with at least two events in [start, end): at the time of the
+    first of the day's last ceil(label_share * n) events (ordered by time, then item id), labelled
+    by those events. Same columns as `daily_requests`."""
+    if not 0 < label_share < 1:
+        raise ValueError(f"label_share must be in (0, 1), got {label_share}")
+    day = ["user_id", "request_day"]
+    order = Window.partitionBy(*day).orderBy("event_timestamp", "item_id")
+    ranked = (
+        events.where((F.col("event_timestamp") >= F.lit(start)) & (F.col("event_timestamp") < F.lit(end)))
+        .withColumn("request_day", F.to_date("event_timestamp"))
+        .withColumn("position", F.row_number().over(order))
+        .withColumn("n", F.count(F.lit(1)).over(Window.partitionBy(*day)))
+        .where(F.col("n") >= 2)
+        .withColumn("first_label", F.col("n") - F.ceil(F.col("n") * F.lit(label_share)) + 1)
+        .where(F.col("position") >= F.col("first_label"))
+    )
+    request_time = Window.partitionBy(*day)
+    labelled = ranked.withColumn("request_time", F.min("event_timestamp").over(request_time))
+    first_event = Window.partitionBy(*day).orderBy("event_timestamp", "item_id")
+    device = (labelled.withColumn("rank", F.row_number().over(first_event))
+              .where(F.col("rank") == 1).select(*day, "device"))
+    labels = labelled.groupBy(*day, "request_time", "item_id").agg(F.max(graded_label()).alias("label"))
+    return (
+        labels.join(device, day)
+        .withColumn("event_timestamp", F.col("request_time"))
+        .withColumn("request_id", F.concat_ws(":", F.col("user_id").cast("string"),
+                                              F.date_format("request_day", "yyyyMMdd"), F.lit("s")))
+        .select("request_id", "user_id", "event_timestamp", "device", "item_id", "label")
+    )
 
 
 def window_requests(events: DataFrame, request_day: date, end: date) -> DataFrame:

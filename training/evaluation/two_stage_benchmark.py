@@ -30,12 +30,17 @@ from training.pipeline import TrainConfig, rank_requests, train_two_stage
 from training.settings import Settings
 
 
-def movielens_train_config() -> TrainConfig:
+# The requests each protocol asks at: the global cut is a midnight, per-user requests come mid-session.
+REQUEST_MODES = {"global": "daily", "per_user": "session"}
+
+
+def movielens_train_config(request_mode: str = "session") -> TrainConfig:
     """Windows for MovieLens-100K's pace (~3k ratings a week): a month of ranker requests,
     two weeks of validation; the run's own test week is reported but not used here. Co-visitation
-    is seeded by the whole recent history (20 items): a rating session is one long history."""
+    is seeded by the whole recent history (20 items): a rating session is one long history.
+    `request_mode` should match the requests the model will answer (see `REQUEST_MODES`)."""
     config = TrainConfig(test_days=7, val_days=14, ranker_days=28, max_ranker_requests=6_000,
-                         max_val_requests=2_000,
+                         max_val_requests=2_000, request_mode=request_mode,
                          candidates=CandidateConfig(n_ann=200, n_trending=50, n_covisit=100, covisit_seeds=20))
     config.two_tower.epochs = 20
     return config
@@ -54,7 +59,8 @@ def two_stage_lists(protocol: Protocol, movielens_dir: Path, root: Path, spark: 
     repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
     feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(settings.data_dir)})
     store = feast_repo.feature_store(repo)
-    trained = train_two_stage(spark, store, settings, config or movielens_train_config())
+    trained = train_two_stage(spark, store, settings,
+                              config or movielens_train_config(REQUEST_MODES.get(protocol.name, "daily")))
     return rank_requests(trained, store, spark, requests_frame(protocol), protocol.exclude, k, protocol.name)
 
 
