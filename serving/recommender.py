@@ -100,8 +100,18 @@ class Recommendation:
     reasons: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     n_candidates: int = 0
-    rows: pd.DataFrame | None = None  # the ranker's input rows (all scored candidates)
+    rows: pd.DataFrame | None = None  # the ranker's input rows (all scored candidates), when asked for
     ranker_scores: np.ndarray | None = None  # aligned with `rows`
+    # The batch's ranker input columns and this request's span in them: a DataFrame of them is
+    # only built (`frame_rows`) for a logged request or when the caller keeps the rows.
+    row_columns: dict[str, Any] | None = field(default=None, repr=False)
+    row_span: tuple[int, int] = (0, 0)
+
+    def frame_rows(self) -> pd.DataFrame | None:
+        if self.row_columns is None:
+            return None
+        start, end = self.row_span
+        return pd.DataFrame({c: values[start:end] for c, values in self.row_columns.items()})
 
 
 def to_utc(when: datetime | None) -> datetime:
@@ -236,10 +246,14 @@ class Recommender:
             if pending.error is not None:
                 raise pending.error
         self._count(result)
-        if self.served_log.sampled():
+        sampled = self.served_log.sampled()
+        if sampled or keep_rows:
+            result.rows = result.frame_rows()
+        if sampled:
             self.served_log.submit(self._log_record(result), result.rows)
         if not keep_rows:
             result.rows = None
+        result.row_columns = None
         return result
 
     def _count(self, result: Recommendation) -> None:
@@ -330,10 +344,10 @@ class Recommender:
                 scores = lgbm_ranker.score(model.booster, rows, model.spec)
         with stage("rules", timings):
             if scored:
-                is_new_all = pd.to_numeric(rows[IS_NEW_COLUMN], errors="coerce").fillna(0).to_numpy() > 0
+                is_new_all = np.nan_to_num(np.asarray(rows[IS_NEW_COLUMN], dtype=np.float64)) > 0
                 sources_all = primary_source(candidates).to_numpy()
-                item_ids_all = rows["item_id"].to_numpy()
-                categories_all = rows["category"].to_numpy()
+                item_ids_all = rows["item_id"]
+                categories_all = rows["category"]
             for i, p in enumerate(batch):
                 result = p.result
                 start, end = bounds[i], bounds[i + 1]
@@ -352,7 +366,7 @@ class Recommender:
                      "category": _text(categories_all[j]), "is_new": bool(is_new_all[j])}
                     for j, s in zip(chosen, final)
                 ]
-                result.rows = rows.iloc[start:end]
+                result.row_columns, result.row_span = rows, (start, end)
                 result.ranker_scores = scores[start:end]
                 result.n_candidates = end - start
                 self.metrics.candidates.observe(end - start)
@@ -394,7 +408,8 @@ class Recommender:
         return taken
 
     def _ranking_rows(self, model: LoadedModel, batch: list[_Pending], users: list[dict[str, Any]],
-                      candidates: pd.DataFrame) -> pd.DataFrame:
+                      candidates: pd.DataFrame) -> dict[str, Any]:
+        """The ranker's input columns for every candidate of the batch (arrays, row-aligned)."""
         results = [p.result for p in batch]
         position = candidates["position"].to_numpy()
         item_idx = candidates["item_idx"].to_numpy()
@@ -428,7 +443,7 @@ class Recommender:
         for column in self.user_category_columns:
             values = self.online.as_array(column, [affinity[key].get(column) for key in keys] + [None])
             columns[column] = values[codes]  # code -1 -> the trailing None (no row)
-        return pd.DataFrame(columns)
+        return columns
 
     def _user_category(self, results: list[Recommendation],
                        wanted: dict[int, list[str]]) -> dict[tuple[int, str], dict[str, Any]]:

@@ -56,9 +56,9 @@ class TrainConfig:
     max_test_users: int = 3_000
     max_retrieval_pairs: int = 400_000
     # "daily": requests at midnight, labelled by the day's events; "session": requests mid-day,
-    # labelled by the day's last `session_label_share` of events (see training.datasets.requests).
+    # one per share, labelled by the day's last share of events (see training.datasets.requests).
     request_mode: str = "daily"
-    session_label_share: float = 0.2
+    session_label_shares: tuple[float, ...] = (0.2,)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
         epochs=8, batch_size=1024, progress=sys.stderr.isatty()))
@@ -130,7 +130,7 @@ def labelled_requests(events: DataFrame, start: date, end: date, config: TrainCo
     if config.request_mode == "daily":
         return req.daily_requests(events, start, end)
     if config.request_mode == "session":
-        return req.session_requests(events, start, end, config.session_label_share)
+        return req.session_requests(events, start, end, config.session_label_shares)
     raise ValueError(f"request_mode must be 'daily' or 'session', got {config.request_mode!r}")
 
 

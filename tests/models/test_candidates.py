@@ -48,6 +48,12 @@ def test_candidates_are_unique_allowed_and_flagged(generator):
     ann = first[first.from_two_tower == 1].sort_values("retrieval_rank")
     assert ann.retrieval_rank.tolist() == list(range(1, len(ann) + 1))
     assert (first.loc[first.from_two_tower == 0, "retrieval_rank"] == 9).all()
+    lists = generator.source_lists(users, np.array([10 * DAY, 10 * DAY]), [{2, 3}, set()],
+                                   {"two_tower": 8, "trending": 5, "covisit": 5})
+    for source, column, n in (("trending", "trending_rank", 5), ("covisit", "covisit_rank", 5)):
+        ranks = first.set_index("item_idx")[column]
+        assert [ranks[i] for i in lists[0][source]] == list(range(1, len(lists[0][source]) + 1))
+        assert (ranks.drop(lists[0][source]) == n + 1).all()
 
 
 def test_future_item_appears_once_it_exists(generator):

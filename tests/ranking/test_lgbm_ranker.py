@@ -88,3 +88,24 @@ def test_plots_are_pngs(trained, tmp_path):
         plot_ranker_curves(trained.evals_result, tmp_path / "curves.png"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scoring_from_arrays_equals_the_pandas_categorical_path(trained, ranking_splits):
+    from training.ranking.frame import model_array, to_model_matrix
+
+    test = ranking_splits["test"].iloc[:300].copy()
+    test.loc[test.index[:20], "device"] = "smart-tv"  # unseen category
+    test.loc[test.index[20:40], "device"] = None  # missing category
+    test.loc[test.index[40:60], "item_daily__popularity_7d"] = np.nan  # count-like: 0
+    test.loc[test.index[60:80], "user_profile__age"] = np.nan  # stays missing
+    expected = trained.booster.predict(to_model_matrix(test, trained.spec))
+    np.testing.assert_array_equal(score(trained.booster, test, trained.spec), expected)
+    columns = {c: test[c].to_numpy() for c in test.columns}  # serving passes arrays, not a frame
+    columns["device"] = test["device"].astype(object).to_numpy()
+    np.testing.assert_array_equal(score(trained.booster, columns, trained.spec), expected)
+    matrix = to_model_matrix(test, trained.spec)
+    codes = model_array(test, trained.spec)
+    for j, column in enumerate(trained.spec.columns):
+        want = (matrix[column].cat.codes.replace(-1, np.nan) if column in trained.spec.categorical
+                else matrix[column]).to_numpy(dtype=np.float64)
+        np.testing.assert_array_equal(codes[:, j], want, err_msg=column)

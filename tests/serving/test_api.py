@@ -301,7 +301,7 @@ def test_micro_batching_does_not_change_answers(services, warm_users, world):
     for single, batched in zip(alone, (p.result for p in batch)):
         assert batched.items == single.items and batched.items
         assert batched.cold_start == single.cold_start
-        assert batched.rows["item_id"].tolist() == single.rows["item_id"].tolist()
+        assert batched.frame_rows()["item_id"].tolist() == single.frame_rows()["item_id"].tolist()
 
 
 def _same_arrays(a, b) -> bool:

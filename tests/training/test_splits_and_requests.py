@@ -56,17 +56,19 @@ def test_daily_requests_grade_by_strongest_event_and_take_first_device(events_df
 
 
 def test_session_requests_are_made_just_before_the_days_last_events(events_df):
-    rows = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), label_share=0.5).toPandas()
+    rows = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), 0.5).toPandas()
     # Only user 1 on Jan 2 has two or more events; its last ceil(0.5 * 3) = 2 are the labels.
-    assert set(rows["request_id"]) == {"1:20260102:s"}
+    assert set(rows["request_id"]) == {"1:20260102:s0"}
     assert dict(zip(rows["item_id"], rows["label"])) == {10: 3, 11: 1}
     assert set(rows["event_timestamp"].dt.tz_localize(None)) == {pd.Timestamp("2026-01-02 09:00")}
     assert set(rows["device"]) == {"mobile"}  # the device of the first labelled event
-    last_only = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), label_share=0.2).toPandas()
+    both = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), (0.2, 0.5)).toPandas()
+    last_only = both[both.request_id == "1:20260102:s0"]
     assert last_only["item_id"].tolist() == [11]
     assert last_only["event_timestamp"].dt.tz_localize(None).tolist() == [pd.Timestamp("2026-01-02 23:59")]
-    with pytest.raises(ValueError, match="label_share"):
-        req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), label_share=1.0)
+    assert sorted(both.loc[both.request_id == "1:20260102:s1", "item_id"]) == [10, 11]
+    with pytest.raises(ValueError, match="label shares"):
+        req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), 1.0)
 
 
 def test_window_request_labels_everything_after_the_request_time(events_df):

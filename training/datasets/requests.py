@@ -40,12 +40,14 @@ def daily_requests(events: DataFrame, start: date, end: date) -> DataFrame:
     return _label(window_events, ["user_id", "request_day"])
 
 
-def session_requests(events: DataFrame, start: date, end: date, label_share: float) -> DataFrame:
-    """One request per user and day with at least two events in [start, end): at the time of the
-    first of the day's last ceil(label_share * n) events (ordered by time, then item id), labelled
-    by those events. Same columns as `daily_requests`."""
-    if not 0 < label_share < 1:
-        raise ValueError(f"label_share must be in (0, 1), got {label_share}")
+def session_requests(events: DataFrame, start: date, end: date, label_shares: float | tuple[float, ...]) -> DataFrame:
+    """Requests in the middle of users' days in [start, end): for each share s and each user-day
+    with at least two events, a request at the time of the first of the day's last ceil(s * n)
+    events (ordered by time, then item id), labelled by those events. Several shares give several
+    requests per day (request ids end in the share's index). Same columns as `daily_requests`."""
+    shares = (label_shares,) if isinstance(label_shares, (int, float)) else tuple(label_shares)
+    if not shares or not all(0 < share < 1 for share in shares):
+        raise ValueError(f"label shares must be in (0, 1), got {label_shares}")
     day = ["user_id", "request_day"]
     order = Window.partitionBy(*day).orderBy("event_timestamp", "item_id")
     ranked = (
@@ -54,20 +56,27 @@ def session_requests(events: DataFrame, start: date, end: date, label_share: flo
         .withColumn("position", F.row_number().over(order))
         .withColumn("n", F.count(F.lit(1)).over(Window.partitionBy(*day)))
         .where(F.col("n") >= 2)
-        .withColumn("first_label", F.col("n") - F.ceil(F.col("n") * F.lit(label_share)) + 1)
-        .where(F.col("position") >= F.col("first_label"))
     )
-    request_time = Window.partitionBy(*day)
-    labelled = ranked.withColumn("request_time", F.min("event_timestamp").over(request_time))
-    first_event = Window.partitionBy(*day).orderBy("event_timestamp", "item_id")
+    per_share = [
+        ranked.withColumn("cut", F.lit(index))
+        .where(F.col("position") >= F.col("n") - F.ceil(F.col("n") * F.lit(share)) + 1)
+        for index, share in enumerate(shares)
+    ]
+    labelled = per_share[0]
+    for frame in per_share[1:]:
+        labelled = labelled.unionByName(frame)
+    request = [*day, "cut"]
+    labelled = labelled.withColumn("request_time", F.min("event_timestamp").over(Window.partitionBy(*request)))
+    first_event = Window.partitionBy(*request).orderBy("event_timestamp", "item_id")
     device = (labelled.withColumn("rank", F.row_number().over(first_event))
-              .where(F.col("rank") == 1).select(*day, "device"))
-    labels = labelled.groupBy(*day, "request_time", "item_id").agg(F.max(graded_label()).alias("label"))
+              .where(F.col("rank") == 1).select(*request, "device"))
+    labels = labelled.groupBy(*request, "request_time", "item_id").agg(F.max(graded_label()).alias("label"))
     return (
-        labels.join(device, day)
+        labels.join(device, request)
         .withColumn("event_timestamp", F.col("request_time"))
         .withColumn("request_id", F.concat_ws(":", F.col("user_id").cast("string"),
-                                              F.date_format("request_day", "yyyyMMdd"), F.lit("s")))
+                                              F.date_format("request_day", "yyyyMMdd"),
+                                              F.concat(F.lit("s"), F.col("cut").cast("string"))))
         .select("request_id", "user_id", "event_timestamp", "device", "item_id", "label")
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -152,6 +152,69 @@ def to_model_matrix(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     for column in spec.categorical:
         matrix[column] = _categorical(df[column], spec.vocabularies[column])
     return pd.DataFrame(matrix, index=df.index, columns=spec.columns)
+
+
+def model_array(rows: pd.DataFrame | Mapping[str, Any], spec: FeatureSpec) -> np.ndarray:
+    """`to_model_matrix` as a float64 array, categoricals as their vocabulary codes (NaN when
+    missing or unseen): what LightGBM sees for a pandas Categorical, without building a frame.
+    `rows` is a DataFrame or a mapping of equally long columns. Scoring uses this (one path for
+    training and serving); a test keeps it equal to `to_model_matrix`."""
+    missing = [c for c in spec.columns if c not in rows and not _derivable(c, rows)]
+    if missing:
+        raise ValueError(_missing_message(missing))
+    n = len(rows) if isinstance(rows, pd.DataFrame) else len(next(iter(rows.values()), ()))
+    out = np.empty((n, len(spec.columns)), dtype=np.float64)
+    for j, column in enumerate(spec.numeric):
+        out[:, j] = _numeric_array(rows, column)
+    for j, column in enumerate(spec.categorical, start=len(spec.numeric)):
+        out[:, j] = _category_codes(rows[column], spec.vocabularies[column])
+    return out
+
+
+def _derivable(column: str, rows: pd.DataFrame | Mapping[str, Any]) -> bool:
+    return column in DERIVED_INPUTS and all(c in rows for c in DERIVED_INPUTS[column])
+
+
+def _as_float(values: Any, column: str) -> np.ndarray:
+    try:
+        if isinstance(values, pd.Series):
+            return values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"column {column!r} is not numeric: {error}") from error
+
+
+def _numeric_array(rows: pd.DataFrame | Mapping[str, Any], column: str) -> np.ndarray:
+    if column == CATEGORY_SHARE and _derivable(column, rows):
+        num = np.nan_to_num(_as_float(rows[CATEGORY_NUMERATOR], CATEGORY_NUMERATOR), nan=0.0)
+        den = np.nan_to_num(_as_float(rows[CATEGORY_DENOMINATOR], CATEGORY_DENOMINATOR), nan=0.0)
+        valid = np.isfinite(num) & np.isfinite(den) & (den != 0)
+        return np.divide(num, den, out=np.zeros_like(num), where=valid)
+    if column in (HOUR_OF_DAY, DAY_OF_WEEK) and _derivable(column, rows):
+        when = _utc_index(rows[TIMESTAMP_COLUMN])
+        return (when.hour if column == HOUR_OF_DAY else when.dayofweek).to_numpy(dtype=np.float64)
+    values = _as_float(rows[column], column)
+    return np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf) if is_count_like(column) else values
+
+
+def _utc_index(values: Any) -> pd.DatetimeIndex:
+    """Timestamps as a UTC DatetimeIndex (naive ones are UTC), without `to_datetime`'s parsing
+    machinery when they already are datetimes."""
+    try:
+        index = values if isinstance(values, pd.DatetimeIndex) else pd.DatetimeIndex(values)
+    except (TypeError, ValueError):
+        index = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
+    return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+
+
+def _category_codes(values: Any, vocabulary: list[str]) -> np.ndarray:
+    array = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
+    if pd.api.types.infer_dtype(array, skipna=True) not in ("string", "empty"):
+        array = np.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in array],
+                         dtype=object)
+    codes = pd.Index(vocabulary).get_indexer(array).astype(np.float64)
+    codes[codes < 0] = np.nan
+    return codes
 
 
 def _numeric(values: pd.Series) -> pd.Series:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from training.plotting import save_png
-from training.ranking.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, to_model_matrix
+from training.ranking.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, model_array, to_model_matrix
 
 EvalsResult = dict[str, dict[str, list[float]]]
 TRAIN_NAME = "train"
@@ -218,15 +218,17 @@ def load_ranker(path: str | Path) -> lgb.Booster:
     return lgb.Booster(model_file=str(path))
 
 
-def score(booster: lgb.Booster, df: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Scores in the row order of `df` (no grouping needed at prediction time)."""
+def score(booster: lgb.Booster, df: pd.DataFrame | Mapping[str, Any], spec: FeatureSpec) -> np.ndarray:
+    """Scores in the row order of `df` (no grouping needed at prediction time). `df` may also be a
+    mapping of columns (serving builds those); the matrix comes from `model_array` either way."""
     if booster.feature_name() != spec.columns:
         raise ValueError(
             f"model features {booster.feature_name()} differ from the spec's {spec.columns}"
         )
-    if len(df) == 0:
+    matrix = model_array(df, spec)
+    if len(matrix) == 0:
         return np.zeros(0, dtype=np.float64)
-    return np.asarray(booster.predict(to_model_matrix(df, spec)), dtype=np.float64)
+    return np.asarray(booster.predict(matrix), dtype=np.float64)
 
 
 def plot_feature_importance(importance: pd.DataFrame, path: str | Path, top: int = 25) -> Path:

@@ -19,8 +19,11 @@ from training.retrieval.baselines import CoVisitationRecommender, TrendingRecomm
 from training.retrieval.two_tower import TwoTowerModel, UserFeatures
 
 SOURCES = ("two_tower", "trending", "covisit")
-RETRIEVAL_FEATURES = ["retrieval_score", "retrieval_rank", "trending_score", "covisit_score",
-                      "from_two_tower", "from_trending", "from_covisit"]
+# Each source's score and its rank in the source's list (n + 1 when not in it). The ranks are
+# scale-free: co-visitation counts and trending scores grow with the events a source was fitted
+# on, which differ between the ranker's training requests and later ones; a rank does not drift.
+RETRIEVAL_FEATURES = ["retrieval_score", "retrieval_rank", "trending_score", "trending_rank", "covisit_score",
+                      "covisit_rank", "from_two_tower", "from_trending", "from_covisit"]
 
 
 @dataclass
@@ -51,9 +54,11 @@ class CandidateGenerator:
         limits = {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
                   "covisit": self.config.n_covisit}
         user_emb = self.model.user_embeddings(users)
-        frames = [self._candidates(row, user_emb[row], lists)
-                  for row, lists in enumerate(self.source_lists(users, request_times, exclude, limits, user_emb))]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["position", "item_idx"])
+        parts = [self._candidates(row, user_emb[row], lists)
+                 for row, lists in enumerate(self.source_lists(users, request_times, exclude, limits, user_emb))]
+        if not parts:
+            return pd.DataFrame(columns=["position", "item_idx", *RETRIEVAL_FEATURES])
+        return pd.DataFrame({column: np.concatenate([part[column] for part in parts]) for column in parts[0]})
 
     def source_lists(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
                      limits: dict[str, int], user_emb: np.ndarray | None = None) -> list[dict[str, list[int]]]:
@@ -66,12 +71,14 @@ class CandidateGenerator:
             request_time = int(request_times[row])
             available = self.item_available_from <= request_time
             seeds = users.history[row][users.history[row] < len(available)][: self.config.covisit_seeds]
-            blocked = set(exclude[row]) | set(seeds.tolist())
+            blocked = np.fromiter(set(exclude[row]) | set(seeds.tolist()), dtype=np.int64)
 
             def ranked(items, scores=None, limit=0) -> list[int]:
-                keep = [int(i) for i in items if available[i] and int(i) not in blocked
-                        and (scores is None or scores[i] > 0)]
-                return keep[:limit]
+                items = np.asarray(items, dtype=np.int64)
+                keep = available[items] & ~np.isin(items, blocked)
+                if scores is not None:
+                    keep &= scores[items] > 0
+                return items[keep][:limit].tolist()
 
             trending = self._trending_scores(request_time)
             covisit = self._covisit_scores(seeds)
@@ -85,23 +92,27 @@ class CandidateGenerator:
             })
         return out
 
-    def _candidates(self, row: int, user_vector: np.ndarray, lists: dict) -> pd.DataFrame:
+    def _candidates(self, row: int, user_vector: np.ndarray, lists: dict) -> dict[str, np.ndarray]:
+        """One request's candidates as columns, best first by two-tower score (stable)."""
         ann, trending, covisit = lists["two_tower"], lists["trending"], lists["covisit"]
         trending_scores, covisit_scores = lists["_scores"]
         items = np.array(list(dict.fromkeys(ann + trending + covisit)), dtype=np.int64)
-        ann_rank = {item: rank for rank, item in enumerate(ann, start=1)}
-        frame = pd.DataFrame({
-            "position": row,
+        retrieval_score = self.item_embeddings[items] @ user_vector if len(items) else np.zeros(0, np.float32)
+        order = np.argsort(-retrieval_score, kind="stable")
+        items, retrieval_score = items[order], retrieval_score[order]
+        return {
+            "position": np.full(len(items), row, dtype=np.int64),
             "item_idx": items,
-            "retrieval_score": self.item_embeddings[items] @ user_vector if len(items) else [],
-            "retrieval_rank": [ann_rank.get(int(i), self.config.n_ann + 1) for i in items],
-            "trending_score": trending_scores[items] if len(items) else [],
-            "covisit_score": covisit_scores[items] if len(items) else [],
+            "retrieval_score": retrieval_score,
+            "retrieval_rank": _ranks(items, ann, self.config.n_ann),
+            "trending_score": trending_scores[items],
+            "trending_rank": _ranks(items, trending, self.config.n_trending),
+            "covisit_score": covisit_scores[items],
+            "covisit_rank": _ranks(items, covisit, self.config.n_covisit),
             "from_two_tower": np.isin(items, ann).astype(np.int8),
             "from_trending": np.isin(items, trending).astype(np.int8),
             "from_covisit": np.isin(items, covisit).astype(np.int8),
-        })
-        return frame.sort_values("retrieval_score", ascending=False, kind="stable")
+        }
 
     def _trending_scores(self, request_time: int) -> np.ndarray:
         return self.trending.scores_as_of(request_time)
@@ -113,6 +124,12 @@ class CandidateGenerator:
         return np.bincount(rows.indices, weights=rows.data, minlength=len(self.item_embeddings))
 
 
+def _ranks(items: np.ndarray, ranked: list[int], n: int) -> np.ndarray:
+    """1-based rank of each item in `ranked`, n + 1 for items not in it."""
+    position = {item: rank for rank, item in enumerate(ranked, start=1)}
+    return np.array([position.get(int(i), n + 1) for i in items], dtype=np.int64)
+
+
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n highest scores, best first (ties by lower index)."""
     n = min(n, len(scores))
@@ -122,7 +139,6 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 def primary_source(frame: pd.DataFrame) -> pd.Series:
     """The first source (in SOURCES order) that proposed each candidate."""
-    source = pd.Series("covisit", index=frame.index)
-    source[frame["from_trending"] == 1] = "trending"
-    source[frame["from_two_tower"] == 1] = "two_tower"
-    return source
+    source = np.where(frame["from_two_tower"].to_numpy() == 1, "two_tower",
+                      np.where(frame["from_trending"].to_numpy() == 1, "trending", "covisit"))
+    return pd.Series(source.astype(object), index=frame.index)

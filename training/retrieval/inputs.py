@@ -74,10 +74,10 @@ def fit_user_input_spec(frame: pd.DataFrame, history_length: int) -> UserInputSp
 
 
 def _raw_dense(frame: pd.DataFrame, spec: UserInputSpec) -> np.ndarray:
-    values = frame.reindex(columns=spec.columns).astype("float64")
-    for column in spec.log_columns:
-        values[column] = np.log1p(values[column].clip(lower=0))
-    return values.to_numpy()
+    values = frame.reindex(columns=spec.columns).to_numpy(dtype=np.float64, na_value=np.nan)
+    logged = [spec.columns.index(c) for c in spec.log_columns]
+    values[:, logged] = np.log1p(np.clip(values[:, logged], 0, None))
+    return values
 
 
 def user_dense(frame: pd.DataFrame, spec: UserInputSpec) -> np.ndarray:
