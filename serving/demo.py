@@ -110,18 +110,48 @@ def data_end(client: httpx.Client) -> datetime:
     return datetime.fromisoformat(window["end"]).replace(tzinfo=timezone.utc)
 
 
-def send_traffic(client: httpx.Client, user_ids: list[int], item_ids: list[int], n_requests: int,
+@dataclass(frozen=True)
+class TrafficProfile:
+    """Who asks, from which device: users in proportion to the days they were active (training
+    requests are one per active user-day), devices in the data's mix, so the served features look
+    like the training data (a uniform pick of users and devices would show up as drift that real
+    traffic does not have)."""
+
+    users: list[int]
+    user_weights: list[float] | None = None
+    devices: tuple[str, ...] = DEVICES
+    device_weights: list[float] | None = None
+
+    @classmethod
+    def from_events(cls, raw_dir: Path, users: list[int]) -> TrafficProfile:
+        events = pd.read_parquet(raw_dir / "events", columns=["user_id", "device", "event_timestamp"])
+        if events.empty:
+            return cls(users)
+        days = events["event_timestamp"].dt.floor("D")
+        activity = pd.Series(days.to_numpy()).groupby(events["user_id"].to_numpy()).nunique()
+        mix = events["device"].value_counts()
+        return cls(activity.index.tolist(), activity.astype(float).tolist(), tuple(mix.index), mix.astype(float).tolist())
+
+    def user(self, rng: random.Random) -> int:
+        return rng.choices(self.users, weights=self.user_weights)[0]
+
+    def device(self, rng: random.Random) -> str:
+        return rng.choices(self.devices, weights=self.device_weights)[0]
+
+
+def send_traffic(client: httpx.Client, users: list[int] | TrafficProfile, item_ids: list[int], n_requests: int,
                  clock: DemoClock, seed: int = 0) -> dict[str, int]:
     """Requests from known users (and a few unknown ones) at the clock's times; after some, the
     user clicks what was recommended a few minutes later, as events posted back to the service."""
+    profile = users if isinstance(users, TrafficProfile) else TrafficProfile(list(users))
     rng = random.Random(seed)
     counts = {"requests": 0, "events": 0, "errors": 0}
     for i in range(n_requests):
         when = clock.at(i, n_requests)
         known = rng.random() > UNKNOWN_USER_SHARE
-        user = rng.choice(user_ids) if known else UNKNOWN_USER_BASE + rng.randrange(1000)
+        user = profile.user(rng) if known else UNKNOWN_USER_BASE + rng.randrange(1000)
         response = client.get(f"/recommendations/{user}",
-                              params={"k": 10, "device": rng.choice(DEVICES), "time": when.isoformat()})
+                              params={"k": 10, "device": profile.device(rng), "time": when.isoformat()})
         counts["requests"] += 1
         if response.status_code != 200:
             counts["errors"] += 1
@@ -190,7 +220,8 @@ def run_demo(n_requests: int = 300) -> DemoReports:
             console.print(f"A/B test {experiment.name!r}: {experiment.split()}; simulated traffic "
                           f"{clock.start:%Y-%m-%d %H:%M} .. {clock.end:%Y-%m-%d %H:%M} UTC")
             started = time.perf_counter()
-            counts = send_traffic(client, users, items["item_id"].tolist(), n_requests, clock)
+            profile = TrafficProfile.from_events(settings.raw_dir, users)
+            counts = send_traffic(client, profile, items["item_id"].tolist(), n_requests, clock)
             console.print(f"sent {counts} in {time.perf_counter() - started:.1f}s")
             show_recommendations(client, users[:2] + [UNKNOWN_USER_BASE], dict(zip(items.item_id, items.title)),
                                  clock.end)

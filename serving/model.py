@@ -17,8 +17,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +99,12 @@ class LoadedModel:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, expected_features: list[str] | None,
-             candidates: CandidateConfig) -> LoadedModel:
+             candidates: Mapping[str, int] | None = None) -> LoadedModel:
+        """`candidates` overrides the bundle's own candidate settings (see `candidate_config`)."""
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir, expected_features=expected_features)
         try:
-            model = cls._read(bundle_dir, manifest, candidates)
+            model = cls._read(bundle_dir, manifest, candidate_config(manifest, candidates or {}))
         except BundleError:
             raise
         except Exception as error:  # unreadable / inconsistent file: reject the bundle
@@ -166,6 +167,18 @@ class LoadedModel:
                               f"{type(error).__name__}: {error}") from error
 
 
+def candidate_config(manifest: Mapping[str, Any], overrides: Mapping[str, int]) -> CandidateConfig:
+    """The candidate settings the bundle's ranker was trained with (manifest "candidates"), with
+    `overrides` on top. Serving more or fewer candidates than training shifts rank features such
+    as retrieval_rank, which the drift report flags."""
+    known = {f.name for f in fields(CandidateConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown candidate settings {sorted(unknown)}; known: {sorted(known)}")
+    trained = {k: v for k, v in (manifest.get("candidates") or {}).items() if k in known}
+    return CandidateConfig(**{**trained, **overrides})
+
+
 class ModelHolder:
     """The bundle in service, swapped atomically (one reference assignment) by the reloader.
 
@@ -174,7 +187,7 @@ class ModelHolder:
     """
 
     def __init__(self, models_dir: Path, version: str, expected_features: Callable[[], list[str] | None],
-                 candidates: CandidateConfig, prepare: Callable[[LoadedModel], None] | None = None,
+                 candidates: Mapping[str, int], prepare: Callable[[LoadedModel], None] | None = None,
                  on_change: Callable[[str, str], None] | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.version = version

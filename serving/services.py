@@ -29,7 +29,6 @@ from serving.recommender import Recommender, StoreHealth
 from serving.rules import RuleConfig
 from serving.served_log import ServedLog
 from serving.settings import ServingSettings
-from training.retrieval.candidates import CandidateConfig
 from training.settings import get_settings as get_training_settings
 
 log = logging.getLogger("serving")
@@ -48,8 +47,7 @@ class Services:
         self.cache = ItemFeatureCache(self.online, settings, on_refresh=self._cache_refreshed)
         self.metrics.item_cache_age.set_function(
             lambda: self.cache.snapshot.age() if self.cache.snapshot is not None else float("nan"))
-        self.candidates = CandidateConfig(n_ann=settings.n_ann, n_trending=settings.n_trending,
-                                          n_covisit=settings.n_covisit, covisit_seeds=settings.covisit_seeds)
+        self.candidates = settings.candidate_overrides()
         self._catalog_lock = threading.Lock()
         self.variants = VariantRouter(settings.experiment, settings.variant_bundles(), self._make_holder)
         self.holder = self.variants.primary  # the control's (or the only) bundle

@@ -113,12 +113,18 @@ class ServingSettings(BaseSettings):
     item_cache_pause_s: float = Field(0.002, ge=0, description="pause between refresh batches, so "
                                       "request threads are not starved of the GIL")
 
-    # -- candidates -----------------------------------------------------------------------------
-    n_ann: int = Field(500, ge=1, description="FAISS top-N per request")
-    n_trending: int = Field(50, ge=0)
-    n_covisit: int = Field(50, ge=0)
-    covisit_seeds: int = Field(5, ge=0)
+    # -- candidates: unset = the bundle's own settings (manifest "candidates"), i.e. those its
+    # ranker was trained with; retrieval_rank and friends would drift otherwise.
+    n_ann: int | None = Field(None, ge=1, description="FAISS top-N per request (bundle default: 500)")
+    n_trending: int | None = Field(None, ge=0)
+    n_covisit: int | None = Field(None, ge=0)
+    covisit_seeds: int | None = Field(None, ge=0)
     cold_start_candidates: int = Field(200, ge=1, description="trending items re-ranked for a cold user")
+
+    def candidate_overrides(self) -> dict[str, int]:
+        """The candidate settings given explicitly; the rest come from each bundle's manifest."""
+        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     # -- micro-batching ---------------------------------------------------------------------------
     max_batch: int = Field(16, ge=1, description="requests scored together when they queue up (1: off)")

@@ -76,3 +76,16 @@ def test_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("RECSYS_SERVING_DIVERSITY", "mmr")
     settings = ServingSettings()
     assert settings.n_ann == 321 and settings.diversity == "mmr"
+
+
+def test_candidates_default_to_the_bundles_own_settings():
+    from serving.model import candidate_config
+    from serving.settings import ServingSettings
+
+    manifest = {"candidates": {"n_ann": 60, "n_trending": 20, "n_covisit": 20, "covisit_seeds": 5}}
+    assert candidate_config(manifest, ServingSettings().candidate_overrides()).n_ann == 60
+    overridden = candidate_config(manifest, ServingSettings(n_ann=100).candidate_overrides())
+    assert (overridden.n_ann, overridden.n_trending) == (100, 20)
+    assert candidate_config({}, {}).n_ann == 500  # an old bundle without the section: the defaults
+    with pytest.raises(ValueError, match="unknown candidate settings"):
+        candidate_config(manifest, {"n_bogus": 1})

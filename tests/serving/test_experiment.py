@@ -22,7 +22,6 @@ from serving.experiment import VariantRouter
 from serving.model import ModelHolder
 from serving.settings import ExperimentSettings, ServingSettings
 from training.bundle import new_version, write_bundle
-from training.retrieval.candidates import CandidateConfig
 
 COLD_USER = 999_999_999
 N_USERS = 120  # users whose service-side variant is compared with `assign_variant`
@@ -78,7 +77,7 @@ def test_invalid_experiments_are_rejected_with_a_clear_message(change, message):
 def _router(experiment: dict | None, tmp_path: Path) -> VariantRouter:
     settings = ServingSettings(models_dir=tmp_path, experiment=experiment)
     return VariantRouter(settings.experiment, settings.variant_bundles(),
-                         lambda bundle: ModelHolder(tmp_path, bundle, lambda: None, CandidateConfig()))
+                         lambda bundle: ModelHolder(tmp_path, bundle, lambda: None, {}))
 
 
 @pytest.mark.parametrize("salt", [None, "reshuffled"])

@@ -49,6 +49,9 @@ def movielens_train_config(request_mode: str = "session") -> TrainConfig:
     config.ranker.feature_fraction = 0.7
     config.ranker.early_stopping_rounds = 50
     config.two_tower.epochs = 20
+    # MovieLens relevance follows popularity closely; log-Q correction (which removes popularity
+    # from the in-batch softmax) costs the two-tower more than it gives here.
+    config.two_tower.logq_correction = False
     return config
 
 

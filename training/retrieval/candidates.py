@@ -28,7 +28,7 @@ RETRIEVAL_FEATURES = ["retrieval_score", "retrieval_rank", "trending_score", "tr
 
 @dataclass
 class CandidateConfig:
-    n_ann: int = 200
+    n_ann: int = 500  # serving reads the bundle's value, so training and serving agree
     n_trending: int = 50
     n_covisit: int = 50
     covisit_seeds: int = 5
