@@ -134,6 +134,8 @@ class ServedLog:
             frames.append(pa.Table.from_pandas(rows, preserve_index=False))
         features = pa.concat_tables(frames, promote_options="permissive") if frames else pa.table({})
         offsets = pa.array([0, *pd.Series([f.num_rows for f in frames]).cumsum().tolist()], type=pa.int32())
+        # Parquet cannot store a struct without fields: a batch of requests without ranker rows
+        # (all cold-start fallbacks or degraded) gets empty lists of a one-field struct.
         structs = features.to_struct_array().combine_chunks() if features.num_columns else \
-            pa.array([{}] * features.num_rows, type=pa.struct([]))
+            pa.array([], type=pa.struct([pa.field("item_id", pa.int64())]))
         return records.append_column("features", pa.ListArray.from_arrays(offsets, structs))

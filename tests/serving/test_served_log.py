@@ -52,3 +52,16 @@ def test_sampling_rate(tmp_path):
     log = ServedLog(tmp_path, sample_rate=0.2, seed=1)
     share = sum(log.sampled() for _ in range(5000)) / 5000
     assert 0.17 < share < 0.23
+
+
+def test_a_batch_without_any_ranker_rows_is_written(tmp_path):
+    counts = {}
+    served = ServedLog(tmp_path, sample_rate=1.0, flush_s=10,
+                       count=lambda outcome, n: counts.__setitem__(outcome, counts.get(outcome, 0) + n))
+    served.start()
+    assert served.submit({**_record(0), "cold_start": True}, None)
+    assert served.submit({**_record(1), "degraded": True}, pd.DataFrame())
+    served.close()
+    frame = pd.read_parquet(tmp_path).sort_values("request_id").reset_index(drop=True)
+    assert frame.request_id.tolist() == ["r0", "r1"] and frame.features.map(len).tolist() == [0, 0]
+    assert counts == {"queued": 2, "written": 2}
