@@ -25,12 +25,9 @@ exclusions, catalog and metric code as the peers (see ``evaluate_lists``).
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -50,6 +47,7 @@ from training.evaluation.protocols import (
     global_temporal_split,
     per_user_temporal_split,
 )
+from training import atomic
 from training.settings import REPO_ROOT
 
 __all__ = ["evaluate_lists", "run_benchmark", "build_protocols", "print_tables", "write_json_atomic"]
@@ -218,16 +216,8 @@ def _json_default(value: Any) -> Any:
 
 
 def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> Path:
-    """Write JSON via a hidden temp file in the target directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """The results as JSON, written atomically (numpy scalars and arrays as plain numbers)."""
+    return atomic.write_json_atomic(data, path, default=_json_default)
 
 
 def load_extra_models(specs: Sequence[str]) -> dict[str, ExtraModel]:

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from training.bundle import new_version, write_bundle
 
+from .helpers import wait_for
+
 pytestmark = pytest.mark.slow
 
 COLD_USER = 999_999_999
@@ -41,15 +43,6 @@ def warm_users(services, world):
     warm = [u for u in users[:200] if services.online.user(u).get("user_recent_history__recent_item_ids")]
     assert len(warm) >= 5
     return warm
-
-
-def wait_for(predicate, timeout=15.0, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_health_readiness_and_model(client, world):

@@ -13,18 +13,10 @@ from serving.app import create_app
 from training.environment import parse_redis_url
 from training.settings import get_settings
 
+from .helpers import wait_for
 from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout=15.0, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_dead_redis_from_the_start(world, tmp_path):

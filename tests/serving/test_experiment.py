@@ -23,6 +23,8 @@ from serving.model import ModelHolder
 from serving.settings import ExperimentSettings, ServingSettings
 from training.bundle import new_version, write_bundle
 
+from .helpers import wait_for
+
 COLD_USER = 999_999_999
 N_USERS = 120  # users whose service-side variant is compared with `assign_variant`
 
@@ -107,15 +109,6 @@ def test_without_an_experiment_the_variant_is_none(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the service
-
-
-def wait_for(predicate, timeout=15.0, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def _copy_bundle(source: Path, models_dir: Path, version: str | None = None) -> Path:

@@ -33,7 +33,6 @@ therefore a function of the config's generative fields only, whatever the chunki
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -50,6 +49,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from training.atomic import write_json_atomic
 from training.data.schema import (
     DEVICES,
     EVENT_TYPES,
@@ -629,7 +629,7 @@ def generate(config: GeneratorConfig, raw_dir: str | Path, progress: bool = True
     items_path = write_table_atomic(world.items, raw_dir / "items" / "items.parquet")
     ground_truth_path = save_ground_truth(world, config, raw_dir / "_ground_truth.npz")
     metadata = _metadata(config, world, stats)
-    _write_json_atomic(metadata, metadata_path)
+    write_json_atomic(metadata, metadata_path)
     return GeneratorResult(
         raw_dir=raw_dir,
         events_dir=events_dir,
@@ -751,15 +751,6 @@ def ground_truth_scores(truth: dict[str, np.ndarray], user_rows: np.ndarray) -> 
     """Affinity of the given users (row indices) for every item: (len(user_rows), n_items)."""
     pref = truth["user_category_pref"][user_rows][:, truth["item_category"]]
     return pref + truth["factor_weight"] * (truth["user_factors"][user_rows] @ truth["item_factors"].T)
-
-
-def _write_json_atomic(payload: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _to_timestamp_array(micros: np.ndarray) -> pa.Array:
