@@ -139,20 +139,26 @@ def movielens(
     """
     import os
 
-    from training.data.movielens import movielens_dir, write_movielens
+    from training import feast_repo
+    from training.data.movielens import REQUIRED_FILES, movielens_dir, write_movielens
     from training.evaluation.two_stage_benchmark import movielens_train_config
     from training.pipeline import run_training
     from training.settings import REPO_ROOT
     from training.spark import get_spark
-    from training import feast_repo
 
+    source = path or movielens_dir()
+    missing = [name for name in REQUIRED_FILES if not (source / name).is_file()]
+    if missing:
+        console.print(f"[red]MovieLens-100K not found in {source}[/] (missing {', '.join(missing)}). It is not "
+                      "redistributed here: download ml-100k from GroupLens and pass --path or set "
+                      "RECSYS_MOVIELENS_DIR.")
+        raise typer.Exit(2)
     os.environ.setdefault("RECSYS_DATA_DIR", str(REPO_ROOT / "data" / "movielens"))
     os.environ.setdefault("RECSYS_RECENT_HISTORY_GRANULARITY", "event")
     get_settings.cache_clear()
     settings = get_settings()
     started = time.perf_counter()
     doctor()
-    source = path or movielens_dir(settings.repo_root)
     counts = write_movielens(source, settings.raw_dir, settings.quarantine_dir)
     console.print(f"MovieLens from {source} -> {settings.raw_dir}: {counts}")
     features(start=None, end=None)
