@@ -37,11 +37,13 @@ REQUEST_MODES = {"global": "daily", "per_user": "session"}
 def movielens_train_config(request_mode: str = "session") -> TrainConfig:
     """Windows for MovieLens-100K's pace (~3k ratings a week): twelve weeks of ranker requests,
     four weeks of validation, and four requests per rating session (a few hundred sessions per
-    window otherwise leave the ranker too few requests); the run's own test week is reported but not used here. Co-visitation
-    is seeded by the whole recent history (20 items): a rating session is one long history.
+    window otherwise leave the ranker too few requests); the run's own test week is reported but
+    not used here. Co-visitation is seeded by the whole recent history (20 items): a rating
+    session is one long history. 200 ANN candidates: the catalog has 1,682 items.
     `request_mode` should match the requests the model will answer (see `REQUEST_MODES`)."""
     config = TrainConfig(test_days=7, val_days=28, ranker_days=84, max_ranker_requests=6_000,
-                         max_val_requests=2_000, request_mode=request_mode, session_label_shares=(0.2, 0.4, 0.6, 0.8),
+                         max_val_requests=2_000, request_mode=request_mode,
+                         session_label_shares=(0.2, 0.4, 0.6, 0.8),
                          candidates=CandidateConfig(n_ann=200, n_trending=50, n_covisit=200, covisit_seeds=20))
     # Small data (a few thousand ranker requests): smaller trees, more data per leaf.
     config.ranker.num_leaves = 15
