@@ -231,6 +231,16 @@ def _implicit_lists(model, train: TrainMatrix, protocol: Protocol, k: int) -> Li
     return lists
 
 
+def _fit_implicit(model_class, params: dict[str, Any], protocol: Protocol, k: int, seed: int,
+                  num_threads: int) -> PeerResult:
+    """Fit one of implicit's CPU models on the binary train matrix (one BLAS thread: reproducible)."""
+    train = TrainMatrix.from_frame(protocol.train)
+    with threadpool_limits(1, "blas"):
+        model = model_class(**params, random_state=seed, num_threads=num_threads)
+        model.fit(train.matrix, show_progress=False)
+        return PeerResult(_implicit_lists(model, train, protocol, k), params=params)
+
+
 def als(
     protocol: Protocol,
     k: int = DEFAULT_K,
@@ -244,13 +254,8 @@ def als(
     """implicit's CPU ALS on the binary matrix (confidence 1 + alpha)."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    train = TrainMatrix.from_frame(protocol.train)
     params = {"factors": factors, "regularization": regularization, "alpha": alpha, "iterations": iterations}
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(**params, random_state=seed, num_threads=num_threads)
-        model.fit(train.matrix, show_progress=False)
-        lists = _implicit_lists(model, train, protocol, k)
-    return PeerResult(lists, params=params)
+    return _fit_implicit(AlternatingLeastSquares, params, protocol, k, seed, num_threads)
 
 
 def bpr(
@@ -266,14 +271,9 @@ def bpr(
     """implicit's CPU BPR (SGD on sampled triples) on the binary matrix."""
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-    train = TrainMatrix.from_frame(protocol.train)
     params = {"factors": factors, "learning_rate": learning_rate, "regularization": regularization,
               "iterations": iterations}
-    with threadpool_limits(1, "blas"):
-        model = BayesianPersonalizedRanking(**params, random_state=seed, num_threads=num_threads)
-        model.fit(train.matrix, show_progress=False)
-        lists = _implicit_lists(model, train, protocol, k)
-    return PeerResult(lists, params=params)
+    return _fit_implicit(BayesianPersonalizedRanking, params, protocol, k, seed, num_threads)
 
 
 # --------------------------------------------------------------------------------------------
