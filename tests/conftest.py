@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +35,36 @@ def write_raw(raw_dir: Path, events: list[dict], users: list[dict], items: list[
         write_events_partitioned(table, raw_dir / "events", "part-00000")
     write_table_atomic(pa.Table.from_pylist(users, schema=SCHEMAS["users"]), raw_dir / "users" / "users.parquet")
     write_table_atomic(pa.Table.from_pylist(items, schema=SCHEMAS["items"]), raw_dir / "items" / "items.parquet")
+
+
+@dataclass
+class FeastWorld:
+    store: object  # feast.FeatureStore
+    settings: Settings
+    repo: Path
+    env: dict[str, str]
+
+
+@contextmanager
+def hand_built_feast_world(spark, root: Path, project_prefix: str) -> Iterator[FeastWorld]:
+    """The hand-built events of tests/features turned into feature tables, applied and
+    materialized into Redis under a project of their own; torn down afterwards."""
+    from tests.features.test_feature_jobs import EVENTS, ITEMS, USERS
+    from training import feast_repo
+    from training.features.pipeline import run_feature_pipeline
+
+    settings = Settings(data_dir=root / "data")
+    write_raw(settings.raw_dir, EVENTS, USERS, ITEMS)
+    run_feature_pipeline(spark, settings, progress=False)
+    project = f"{project_prefix}_{uuid.uuid4().hex[:8]}"
+    repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
+    env = {"RECSYS_DATA_DIR": str(settings.data_dir)}
+    feast_repo.apply(repo, env)
+    feast_repo.materialize(datetime(1970, 1, 1), datetime(2026, 1, 8), repo, env)
+    try:
+        yield FeastWorld(feast_repo.feature_store(repo), settings, repo, env)
+    finally:
+        feast_repo.run_feast("teardown", repo_path=repo, env=env)
 
 
 def event(user: int, item: int, kind: str, when: datetime, rating: float | None = None,

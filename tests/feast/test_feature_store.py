@@ -3,8 +3,6 @@ offline store's point-in-time joins, and online values equal to the latest offli
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -12,12 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import utc, write_raw
-from tests.features.test_feature_jobs import EVENTS, ITEMS, USERS
-from training import feast_repo
+from tests.conftest import hand_built_feast_world, utc
 from training.environment import redis_reachable
 from training.features.item_features import item_daily_feature_names
-from training.features.pipeline import run_feature_pipeline
 from training.settings import Settings
 
 pytestmark = [pytest.mark.slow,
@@ -27,18 +22,8 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def store(spark, tmp_path_factory):
     """Feature tables from the hand-built events, applied and materialized under its own project."""
-    root = tmp_path_factory.mktemp("feast")
-    settings = Settings(data_dir=root / "data")
-    write_raw(settings.raw_dir, EVENTS, USERS, ITEMS)
-    run_feature_pipeline(spark, settings, progress=False)
-    project = f"recsys_test_{uuid.uuid4().hex[:8]}"
-    repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
-    env = {"RECSYS_DATA_DIR": str(settings.data_dir)}
-    feast_repo.apply(repo, env)
-    feast_repo.materialize(datetime(1970, 1, 1), datetime(2026, 1, 8), repo, env)
-    store = feast_repo.feature_store(repo)
-    yield store, settings, repo, env
-    feast_repo.run_feast("teardown", repo_path=repo, env=env)
+    with hand_built_feast_world(spark, tmp_path_factory.mktemp("feast"), "recsys_test") as world:
+        yield world.store, world.settings, world.repo, world.env
 
 
 def latest(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

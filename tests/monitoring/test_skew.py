@@ -3,8 +3,6 @@ corrupted online value caught against Feast's offline point-in-time features."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -84,26 +82,13 @@ def test_sampling_keeps_whole_requests():
 
 @pytest.fixture(scope="module")
 def feast_world(spark, tmp_path_factory):
-    from tests.conftest import write_raw
-    from tests.features.test_feature_jobs import EVENTS, ITEMS, USERS
-    from training import feast_repo
+    from tests.conftest import hand_built_feast_world
     from training.environment import redis_reachable
-    from training.features.pipeline import run_feature_pipeline
-    from training.settings import Settings
 
     if not redis_reachable():
         pytest.skip("needs the real Redis at REDIS_URL")
-    root = tmp_path_factory.mktemp("skew_feast")
-    settings = Settings(data_dir=root / "data")
-    write_raw(settings.raw_dir, EVENTS, USERS, ITEMS)
-    run_feature_pipeline(spark, settings, progress=False)
-    project = f"recsys_skew_{uuid.uuid4().hex[:8]}"
-    repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
-    env = {"RECSYS_DATA_DIR": str(settings.data_dir)}
-    feast_repo.apply(repo, env)
-    feast_repo.materialize(datetime(1970, 1, 1), datetime(2026, 1, 8), repo, env)
-    yield feast_repo.feature_store(repo)
-    feast_repo.run_feast("teardown", repo_path=repo, env=env)
+    with hand_built_feast_world(spark, tmp_path_factory.mktemp("skew_feast"), "recsys_skew") as world:
+        yield world.store
 
 
 def _served_rows(store, pairs: list[tuple[int, int]], when: pd.Timestamp) -> pd.DataFrame:
