@@ -537,6 +537,15 @@ def load(port: int, users_file: Path, rate: float, duration: float, sequential: 
     return result
 
 
+def sequential(server: Server, users_file: Path, n: int) -> tuple[dict, dict[str, float]]:
+    """`n` requests one at a time (service time, no queueing) and the mean stage latencies (ms)
+    of just those requests."""
+    drain(server.port)
+    before = stage_sums(server)
+    result = load(server.port, users_file, 0, 0, sequential=n)
+    return result, stage_means(server, before)
+
+
 def stage_sums(server: Server) -> tuple[dict[str, float], dict[str, float]]:
     text = urllib.request.urlopen(server.url("/metrics"), timeout=60).read().decode()
     sums, counts = {}, {}
@@ -645,11 +654,9 @@ def main() -> None:
                     high = rate
                 rate = (low + high) / 2
             results["search"], results["max_rate_p99_ok"] = search, best
-            drain(server.port)
-            before = stage_sums(server)
-            cached_low = load(server.port, users_file, 0, 0, sequential=args.compare_requests)
+            cached_low, results["cached_sequential_stage_means_ms"] = sequential(server, users_file,
+                                                                                  args.compare_requests)
             results["cached_sequential"] = cached_low
-            results["cached_sequential_stage_means_ms"] = stage_means(server, before)
             log(f"cached path, sequential: {fmt(cached_low)}")
         finally:
             server.stop()
@@ -658,11 +665,8 @@ def main() -> None:
         try:
             naive.wait_ready()
             load(naive.port, users_file, 0, 0, sequential=10)  # warm-up
-            drain(naive.port)
-            before = stage_sums(naive)
-            naive_result = load(naive.port, users_file, 0, 0, sequential=args.compare_requests)
+            naive_result, results["naive_stage_means_ms"] = sequential(naive, users_file, args.compare_requests)
             results["naive_sequential"] = naive_result
-            results["naive_stage_means_ms"] = stage_means(naive, before)
             log(f"naive path (Feast get_online_features for all candidates), sequential: {fmt(naive_result)}")
         finally:
             naive.stop()
