@@ -237,7 +237,7 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     from training.features.item_features import item_daily_feature_names
     from training.features.user_features import user_daily_feature_names
     from training.ranking import lgbm_ranker
-    from training.ranking.frame import fit_feature_spec
+    from training.ranking.frame import DEFAULT_EXCLUDE, fit_feature_spec
     from training.retrieval import ann_index
     from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig
     from training.retrieval.inputs import IdMap, fit_user_input_spec, item_features
@@ -375,7 +375,8 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     rows["label"] = np.digitize(signal_, np.quantile(signal_, [0.8, 0.9, 0.95, 0.98])).astype(int)
     missing = [c for c in ranking.columns if c not in rows.columns]
     assert not missing, missing
-    spec = fit_feature_spec(rows.drop(columns=[c for c in rows.columns if c.endswith("__title")], errors="ignore"))
+    spec = fit_feature_spec(rows.drop(columns=[c for c in rows.columns if c.endswith("__title")], errors="ignore"),
+                            exclude=(*DEFAULT_EXCLUDE, "item_idx"))  # as training.pipeline: ids are not features
     split = rows.request_id.astype(int) < int(n_requests * 0.8)
     ranker_config = lgbm_ranker.RankerConfig(num_boost_round=ranker_trees, early_stopping_rounds=ranker_trees + 1,
                                              min_data_in_leaf=20)

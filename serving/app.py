@@ -16,7 +16,8 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api import events, items, ops, recommendations
 from serving.api.errors import install_error_handlers
@@ -24,6 +25,38 @@ from serving.services import Services
 from serving.settings import ServingSettings, get_serving_settings
 
 log = logging.getLogger("serving")
+
+
+class RequestMetrics:
+    """Counts every HTTP request and observes its latency, per route template and status (a pure
+    ASGI middleware: Starlette's `BaseHTTPMiddleware` costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")  # set by the router on a match
+            endpoint = getattr(route, "path", None) or "unmatched"
+            state = scope.get("app").state if scope.get("app") is not None else None
+            services = getattr(state, "services", None)
+            if services is not None:
+                services.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+                services.metrics.latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - started)
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
@@ -52,21 +85,5 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     for router in (recommendations.router, items.router, events.router, ops.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            services = getattr(request.app.state, "services", None)
-            if services is not None:
-                metrics = services.metrics
-                metrics.requests.labels(endpoint, request.method, str(status)).inc()
-                metrics.latency.labels(endpoint, request.method).observe(time.perf_counter() - started)
-
+    app.add_middleware(RequestMetrics)
     return app

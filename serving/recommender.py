@@ -18,12 +18,14 @@ Fallbacks, each visible in the response:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,6 +33,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pandas as pd
+from starlette.concurrency import run_in_threadpool
 
 from serving.features import (
     IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemFeatureCache, OnlineFeatures, OnlineStoreUnavailable,
@@ -38,9 +41,11 @@ from serving.features import (
 from serving.experiment import VariantRouter
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder
+from serving.ranker_input import ITEM, PAIR, REQUEST, ItemInputs, ItemTable, MatrixPlan, Pairs
 from serving.rules import RuleConfig, apply_rules
 from serving.served_log import ServedLog
 from training.ranking import lgbm_ranker
+from training.ranking.frame import TIMESTAMP_COLUMN
 from training.retrieval.candidates import RETRIEVAL_FEATURES, primary_source
 from training.retrieval.inputs import HISTORY_COLUMN, user_features
 
@@ -123,12 +128,24 @@ def to_utc(when: datetime | None) -> datetime:
 class _Pending:
     """One request waiting in the micro-batcher."""
 
-    __slots__ = ("result", "k", "done", "error")
+    __slots__ = ("result", "k", "sampled", "keep_rows", "done", "on_done", "error")
 
-    def __init__(self, result: Recommendation, k: int) -> None:
+    def __init__(self, result: Recommendation, k: int, sampled: bool = False, keep_rows: bool = False) -> None:
         self.result, self.k = result, k
+        self.sampled = sampled  # goes to the served-feature log
+        self.keep_rows = keep_rows  # the caller wants the ranker's input rows
         self.done = threading.Event()
+        self.on_done: Callable[[], None] | None = None  # called (in the worker) once it is done
         self.error: BaseException | None = None
+
+    @property
+    def want_rows(self) -> bool:
+        return self.sampled or self.keep_rows
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
 
 class MicroBatcher:
@@ -149,12 +166,26 @@ class MicroBatcher:
             thread.start()
 
     def submit(self, pending: _Pending) -> None:
-        if self.max_pending and self._queue.qsize() >= self.max_pending:
-            raise Overloaded(f"{self._queue.qsize()} requests already waiting; try again shortly")
-        self._queue.put(pending)
+        """Queue `pending`, wait until it is done; raise what its processing raised."""
+        self.enqueue(pending)
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
+
+    async def submit_async(self, pending: _Pending) -> None:
+        """`submit` for the event loop: awaits, without holding a thread, until it is done."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        pending.on_done = lambda: loop.call_soon_threadsafe(_resolve, done)
+        self.enqueue(pending)
+        await done
+        if pending.error is not None:
+            raise pending.error
+
+    def enqueue(self, pending: _Pending) -> None:
+        if self.max_pending and self._queue.qsize() >= self.max_pending:
+            raise Overloaded(f"{self._queue.qsize()} requests already waiting; try again shortly")
+        self._queue.put(pending)
 
     def stop(self) -> None:
         for _ in self._threads:
@@ -182,7 +213,7 @@ class MicroBatcher:
                     pending.error = pending.error or error
             finally:
                 for pending in batch:
-                    pending.done.set()
+                    pending.finish()
 
 
 class Recommender:
@@ -203,8 +234,10 @@ class Recommender:
         ranking = set(online.ranking_columns)
         self.user_columns = [c for c in online._columns(online.user_refs) if c in ranking]  # noqa: SLF001
         self.user_category_columns = online._columns(online.user_category_refs)  # noqa: SLF001
+        self.item_columns = online._columns(online.item_refs)  # noqa: SLF001
+        self._plans: dict[str, MatrixPlan] = {}
         self.num_threads = num_threads
-        self.batcher = MicroBatcher(self._process, max_batch, batch_workers, max_pending) if max_batch > 1 else None
+        self.batcher = MicroBatcher(self._run, max_batch, batch_workers, max_pending) if max_batch > 1 else None
 
     @property
     def holder(self) -> ModelHolder:
@@ -235,26 +268,47 @@ class Recommender:
 
     def recommend(self, user_id: int, k: int, device: str, when: datetime | None = None,
                   keep_rows: bool = False) -> Recommendation:
-        variant = self.variants.assign(user_id)
-        self.model(variant)  # fail fast (503) without a bundle for this user's variant
-        result = Recommendation(uuid.uuid4().hex, int(user_id), "", to_utc(when), device, [], variant=variant)
-        pending = _Pending(result, k)
+        """Top-k for one user (blocking; the API awaits `recommend_async`)."""
+        pending = self._pending(user_id, k, device, when, keep_rows)
         if self.batcher is not None:
             self.batcher.submit(pending)
         else:
-            self._process([pending])
-            if pending.error is not None:
-                raise pending.error
+            self._run([pending])
+        return _outcome(pending)
+
+    async def recommend_async(self, user_id: int, k: int, device: str,
+                              when: datetime | None = None) -> Recommendation:
+        """`recommend` for the event loop: the request waits for its batch without a thread."""
+        pending = self._pending(user_id, k, device, when, keep_rows=False)
+        if self.batcher is not None:
+            await self.batcher.submit_async(pending)
+        else:
+            await run_in_threadpool(self._run, [pending])
+        return _outcome(pending)
+
+    def _pending(self, user_id: int, k: int, device: str, when: datetime | None, keep_rows: bool) -> _Pending:
+        variant = self.variants.assign(user_id)
+        self.model(variant)  # fail fast (503) without a bundle for this user's variant
+        result = Recommendation(uuid.uuid4().hex, int(user_id), "", to_utc(when), device, [], variant=variant)
+        return _Pending(result, k, sampled=self.served_log.sampled(), keep_rows=keep_rows)
+
+    def _run(self, batch: list[_Pending]) -> None:
+        """Process a batch, then finish each request in this worker: metrics, served log."""
+        self._process(batch)
+        for pending in batch:
+            if pending.error is None:
+                self._finish(pending)
+
+    def _finish(self, pending: _Pending) -> None:
+        result = pending.result
         self._count(result)
-        sampled = self.served_log.sampled()
-        if sampled or keep_rows:
+        if pending.want_rows:
             result.rows = result.frame_rows()
-        if sampled:
+        if pending.sampled:
             self.served_log.submit(self._log_record(result), result.rows)
-        if not keep_rows:
+        if not pending.keep_rows:
             result.rows = None
         result.row_columns = None
-        return result
 
     def _count(self, result: Recommendation) -> None:
         kind = "degraded" if result.degraded else "cold_start" if result.cold_start else "personalized"
@@ -302,8 +356,9 @@ class Recommender:
 
     def _pipeline(self, model: LoadedModel, batch: list[_Pending], timings: dict) -> None:
         stage = self._stage
+        results = [p.result for p in batch]
         with stage("features", timings):
-            users = self._user_features([p.result for p in batch])
+            users = self._user_features(results)
         if users is None:
             with stage("rules", timings):
                 for p in batch:
@@ -317,37 +372,29 @@ class Recommender:
             seen.append([int(i) for i in history])
 
         with stage("retrieval", timings):
-            frame = pd.DataFrame([{"user_id": p.result.user_id, **user} for p, user in zip(batch, users)])
-            inputs = user_features(frame, model.user_ids, model.item_ids, model.user_spec)
-            exclude = []
-            for seen_ids in seen:
-                idx = model.item_ids.to_idx(seen_ids) if self.rules.exclude_seen and seen_ids else []
-                exclude.append({int(i) for i in idx if i >= 0})
-            times = np.array([int(p.result.request_time.timestamp()) for p in batch])
-            candidates = model.generator.generate(inputs, times, exclude)
-            cold = np.array([p.result.cold_start for p in batch])
-            if cold.any() and len(candidates):
-                position = candidates["position"].to_numpy()
-                keep = ~cold[position] | (candidates["from_trending"].to_numpy() == 1)
-                candidates = candidates[keep]
-                rank = candidates.groupby("position", sort=False).cumcount().to_numpy()
-                candidates = candidates[~cold[candidates["position"].to_numpy()] | (rank < self.cold_start_candidates)]
-            candidates = candidates.reset_index(drop=True)
-            positions = candidates["position"].to_numpy() if len(candidates) else np.zeros(0, dtype=np.int64)
-            bounds = np.searchsorted(positions, np.arange(len(batch) + 1))  # rows of request i: bounds[i]:bounds[i+1]
+            candidates = self._candidates(model, batch, users, seen)
+            request_of = candidates["position"].to_numpy() if len(candidates) else np.zeros(0, dtype=np.int64)
+            bounds = np.searchsorted(request_of, np.arange(len(batch) + 1))  # request i: bounds[i]:bounds[i+1]
 
         scored = [i for i in range(len(batch)) if bounds[i + 1] > bounds[i]]
         if scored:
+            plan = self.plan(model)
+            item_idx = candidates["item_idx"].to_numpy()
+            item_ids = model.item_ids.to_ids(item_idx)
             with stage("features", timings):
-                rows = self._ranking_rows(model, batch, users, candidates)
+                items = self._item_inputs(model, plan, results, item_idx, item_ids)
+                pairs = self._pairs(results, users, request_of, items)
             with stage("ranking", timings):
-                scores = lgbm_ranker.score(model.booster, rows, model.spec)
+                requests = self._request_columns(results, users)
+                matrix = plan.assemble(candidates, items.block, plan.blocks[REQUEST].rows(requests), request_of,
+                                       plan.blocks[PAIR].rows(pairs.columns), pairs.pair_of)
+                scores = lgbm_ranker.predict_matrix(model.booster, matrix)
+            rows = None
+            if any(p.want_rows for p in batch):
+                rows = self._ranking_rows(results, candidates, request_of, item_ids, items, requests, pairs)
         with stage("rules", timings):
             if scored:
-                is_new_all = np.nan_to_num(np.asarray(rows[IS_NEW_COLUMN], dtype=np.float64)) > 0
                 sources_all = primary_source(candidates).to_numpy()
-                item_ids_all = rows["item_id"]
-                categories_all = rows["category"]
             for i, p in enumerate(batch):
                 result = p.result
                 start, end = bounds[i], bounds[i + 1]
@@ -355,15 +402,14 @@ class Recommender:
                     self._trending_fallback(model, result, p.k, seen=seen[i], degraded=False)
                     continue
                 span = slice(start, end)
-                item_idx = candidates["item_idx"].to_numpy()[span]
-                embeddings = model.item_embeddings[item_idx] if self.rules.diversity == "mmr" else None
-                chosen, final = apply_rules(item_ids_all[span], scores[span], categories_all[span],
-                                            is_new_all[span], p.k, self.rules, seen=seen[i], embeddings=embeddings)
+                embeddings = model.item_embeddings[item_idx[span]] if self.rules.diversity == "mmr" else None
+                chosen, final = apply_rules(item_ids[span], scores[span], items.categories[span],
+                                            items.is_new[span], p.k, self.rules, seen=seen[i], embeddings=embeddings)
                 chosen = chosen + start
                 result.items = [
-                    {"item_id": int(item_ids_all[j]), "score": float(s), "ranker_score": float(scores[j]),
+                    {"item_id": int(item_ids[j]), "score": float(s), "ranker_score": float(scores[j]),
                      "source": "trending" if result.cold_start else str(sources_all[j]),
-                     "category": _text(categories_all[j]), "is_new": bool(is_new_all[j])}
+                     "category": _text(items.categories[j]), "is_new": bool(items.is_new[j])}
                     for j, s in zip(chosen, final)
                 ]
                 result.row_columns, result.row_span = rows, (start, end)
@@ -371,8 +417,31 @@ class Recommender:
                 result.n_candidates = end - start
                 self.metrics.candidates.observe(end - start)
 
+    def _candidates(self, model: LoadedModel, batch: list[_Pending], users: list[dict[str, Any]],
+                    seen: list[list[int]]) -> pd.DataFrame:
+        """The batch's candidates (`CandidateGenerator` rows, ordered by request position); a cold
+        user keeps only trending candidates, at most `cold_start_candidates` of them."""
+        columns = {column: [user.get(column) for user in users] for column in model.user_spec.columns}
+        columns[HISTORY_COLUMN] = [user.get(HISTORY_COLUMN) for user in users]
+        columns["user_id"] = [p.result.user_id for p in batch]
+        inputs = user_features(columns, model.user_ids, model.item_ids, model.user_spec)
+        exclude = []
+        for seen_ids in seen:
+            idx = model.item_ids.to_idx(seen_ids) if self.rules.exclude_seen and seen_ids else []
+            exclude.append({int(i) for i in idx if i >= 0})
+        times = np.array([int(p.result.request_time.timestamp()) for p in batch])
+        candidates = model.generator.generate(inputs, times, exclude)
+        cold = np.array([p.result.cold_start for p in batch])
+        if cold.any() and len(candidates):
+            position = candidates["position"].to_numpy()
+            keep = ~cold[position] | (candidates["from_trending"].to_numpy() == 1)
+            candidates = candidates[keep]
+            rank = candidates.groupby("position", sort=False).cumcount().to_numpy()
+            candidates = candidates[~cold[candidates["position"].to_numpy()] | (rank < self.cold_start_candidates)]
+        return candidates.reset_index(drop=True)
+
     def _user_features(self, results: list[Recommendation]) -> list[dict[str, Any]] | None:
-        """One Feast call for the batch's users; None (all degraded) when the store is down."""
+        """One round trip for the batch's users; None (all degraded) when the store is down."""
         if not self.health.available:
             reason = f"online store unavailable ({self.health.last_error})"
         else:
@@ -386,13 +455,44 @@ class Recommender:
             result.reasons.append(reason)
         return None
 
-    def _item_features(self, results: list[Recommendation], item_ids: np.ndarray) -> dict[str, np.ndarray]:
+    # -------------------------------------------------------------------------- ranker inputs
+
+    def plan(self, model: LoadedModel) -> MatrixPlan:
+        """Which online source feeds each ranker column of `model` (built once per bundle; a
+        bundle whose ranker wants a column serving cannot provide is refused when it loads)."""
+        plan = self._plans.get(model.version)
+        if plan is None:
+            plan = MatrixPlan.build(model.spec, self.item_columns, self.user_columns, self.user_category_columns)
+            self._plans = {**{v: p for v, p in self._plans.items() if v in self.variants.versions_in_service()},
+                           model.version: plan}
+        return plan
+
+    def _request_columns(self, results: list[Recommendation], users: list[dict[str, Any]]) -> dict[str, Any]:
+        """One row per request: the user's features, device and request time."""
+        columns: dict[str, Any] = {column: self.online.as_array(column, [u.get(column) for u in users])
+                                   for column in self.user_columns}
+        columns["device"] = np.array([r.device for r in results], dtype=object)
+        columns[TIMESTAMP_COLUMN] = pd.DatetimeIndex([r.request_time for r in results])
+        return columns
+
+    def _item_inputs(self, model: LoadedModel, plan: MatrixPlan, results: list[Recommendation],
+                     item_idx: np.ndarray, item_ids: np.ndarray) -> ItemInputs:
         snapshot = self.cache.snapshot
         if self.item_feature_source == "cache" and snapshot is not None and self.cache.fresh():
-            return snapshot.take(item_ids)
+            table = snapshot.derive(("ranker-items", model.version),
+                                    lambda snap: ItemTable.build(snap, model.item_ids.ids, plan.blocks[ITEM]))
+            return table.take(item_idx)
+        return ItemInputs.from_columns(self._item_features(results, item_ids), plan.blocks[ITEM])
+
+    def _item_features(self, results: list[Recommendation], item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Item features read per request: the naive path (`item_feature_source=online`, through
+        Feast), a snapshot too old to use, or none at all."""
+        snapshot = self.cache.snapshot
         if self.health.available:
             try:
-                return self.online.items(item_ids)  # exact, uncached (naive path, or the cache is too old)
+                if self.item_feature_source == "online":
+                    return self.online.items_via_feast(item_ids)
+                return self.online.items(item_ids)  # exact, uncached (the cache is too old)
             except OnlineStoreUnavailable as error:
                 self.health.down(error)
         if snapshot is not None:
@@ -407,64 +507,64 @@ class Recommender:
             result.reasons.append(reason)
         return taken
 
-    def _ranking_rows(self, model: LoadedModel, batch: list[_Pending], users: list[dict[str, Any]],
-                      candidates: pd.DataFrame) -> dict[str, Any]:
-        """The ranker's input columns for every candidate of the batch (arrays, row-aligned)."""
-        results = [p.result for p in batch]
-        position = candidates["position"].to_numpy()
-        item_idx = candidates["item_idx"].to_numpy()
-        item_ids = model.item_ids.to_ids(item_idx)
-        items = self._item_features(results, item_ids)
-        categories = items[ITEM_CATEGORY_COLUMN]
-        wanted = {}
-        for i in np.unique(position):
-            cats = pd.unique(categories[position == i])
-            wanted[int(i)] = [c for c in cats if c is not None]
-        affinity = self._user_category(results, wanted)
-        per_request = lambda values: np.asarray(values, dtype=object)[position]  # noqa: E731
-        columns: dict[str, Any] = {
-            "request_id": per_request([r.request_id for r in results]),
-            "user_id": np.array([r.user_id for r in results], dtype=np.int64)[position],
-            "event_timestamp": pd.DatetimeIndex([r.request_time for r in results])[position],
-            "device": per_request([r.device for r in results]),
-            "item_idx": item_idx,
-        }
-        for column in RETRIEVAL_FEATURES:
-            columns[column] = candidates[column].to_numpy()
-        columns["item_id"] = item_ids
-        columns["category"] = categories
-        for column in self.user_columns:  # one value per request, repeated over its candidates
-            columns[column] = self.online.as_array(column, [u.get(column) for u in users])[position]
-        columns.update(items)
-        keys = list(affinity)
-        codes = pd.MultiIndex.from_tuples(keys, names=["p", "c"]).get_indexer(
-            pd.MultiIndex.from_arrays([position, pd.Series(categories, dtype=object).fillna("\0")])) \
-            if keys else np.full(len(position), -1)
-        for column in self.user_category_columns:
-            values = self.online.as_array(column, [affinity[key].get(column) for key in keys] + [None])
-            columns[column] = values[codes]  # code -1 -> the trailing None (no row)
-        return columns
+    def _pairs(self, results: list[Recommendation], users: list[dict[str, Any]], request_of: np.ndarray,
+               items: ItemInputs) -> Pairs:
+        """The distinct (request, item category) pairs of the candidates, with their user x category
+        features (one round trip) and the user features the pair columns derive from."""
+        width = len(items.category_names) + 1
+        keys, pair_of = np.unique(request_of * width + items.category_codes + 1, return_inverse=True)
+        pair_request, pair_code = keys // width, keys % width - 1
+        lookups = [(int(r), items.category_names[c]) for r, c in zip(pair_request, pair_code) if c >= 0]
+        values = iter(self._user_category(results, lookups))
+        affinity = [next(values) if c >= 0 else {} for c in pair_code]
+        columns = {column: self.online.as_array(column, [a.get(column) for a in affinity])
+                   for column in self.user_category_columns}
+        for column in self.user_columns:
+            columns[column] = self.online.as_array(column, [users[r].get(column) for r in pair_request])
+        return Pairs(pair_of.reshape(-1), columns)
 
-    def _user_category(self, results: list[Recommendation],
-                       wanted: dict[int, list[str]]) -> dict[tuple[int, str], dict[str, Any]]:
-        """{(request position, category): features}, one Feast call for the whole batch."""
-        pairs = [(i, c) for i, cats in wanted.items() for c in cats]
+    def _user_category(self, results: list[Recommendation], pairs: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        """User x category features of (request position, category) pairs, one round trip; empty
+        (no features, the requests flagged degraded) when the store fails."""
         if not pairs:
-            return {}
-        affected = [results[i] for i in wanted]
+            return []
         if self.health.available:
             try:
-                values = self.online.user_category_pairs([(results[i].user_id, c) for i, c in pairs])
-                return dict(zip(pairs, values))
+                return self.online.user_category_pairs([(results[i].user_id, c) for i, c in pairs])
             except OnlineStoreUnavailable as error:
                 self.health.down(error)
                 reason = f"user x category features unavailable: {error}"
         else:
             reason = "user x category features unavailable (online store down)"
-        for result in affected:
-            result.degraded = True
-            result.reasons.append(reason)
-        return {}
+        for i in sorted({i for i, _ in pairs}):
+            results[i].degraded = True
+            results[i].reasons.append(reason)
+        return [{} for _ in pairs]
+
+    def _ranking_rows(self, results: list[Recommendation], candidates: pd.DataFrame, request_of: np.ndarray,
+                      item_ids: np.ndarray, items: ItemInputs, requests: dict[str, Any], pairs: Pairs
+                      ) -> dict[str, Any]:
+        """The ranker's input rows as columns (what training joins: request, retrieval, item, user
+        and user x category columns), for the served-feature log and `keep_rows`. The matrix the
+        ranker scores equals `model_array` of these rows (tests/serving/test_ranker_input.py)."""
+        per_request = lambda values: np.asarray(values, dtype=object)[request_of]  # noqa: E731
+        columns: dict[str, Any] = {
+            "request_id": per_request([r.request_id for r in results]),
+            "user_id": np.array([r.user_id for r in results], dtype=np.int64)[request_of],
+            TIMESTAMP_COLUMN: requests[TIMESTAMP_COLUMN][request_of],
+            "device": requests["device"][request_of],
+            "item_idx": candidates["item_idx"].to_numpy(),
+        }
+        for column in RETRIEVAL_FEATURES:
+            columns[column] = candidates[column].to_numpy()
+        columns["item_id"] = item_ids
+        columns["category"] = items.categories
+        for column in self.user_columns:  # one value per request, repeated over its candidates
+            columns[column] = requests[column][request_of]
+        columns.update(items.raw())
+        for column in self.user_category_columns:
+            columns[column] = pairs.columns[column][pairs.pair_of]
+        return columns
 
     def _trending_fallback(self, model: LoadedModel, result: Recommendation, k: int, seen, degraded=True) -> None:
         """The bundle's trending list (items existing at the request time), business rules applied."""
@@ -528,6 +628,17 @@ class Recommender:
         return {"item_id": int(item_id), "model_version": model.version,
                 "embedding_neighbours": describe(neighbours, "two_tower"),
                 "covisitation": describe(covisited, "covisit")}
+
+
+def _outcome(pending: _Pending) -> Recommendation:
+    if pending.error is not None:
+        raise pending.error
+    return pending.result
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _not_loaded(variant: str | None, holder: ModelHolder) -> str:

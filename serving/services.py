@@ -78,7 +78,9 @@ class Services:
                            prepare=partial(self._prepare, bundle), on_change=self._model_changed)
 
     def _prepare(self, bundle: str, model: LoadedModel) -> None:
-        """Before a bundle is swapped in: the item cache must cover its catalog."""
+        """Before a bundle is swapped in: every ranker column must have an online source, and the
+        item cache must cover its catalog."""
+        self.recommender.plan(model)
         self._cover_catalogs(model, replacing=bundle)
 
     def _cover_catalogs(self, incoming: LoadedModel | None = None, replacing: str | None = None) -> None:

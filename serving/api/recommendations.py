@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Path, Request, Response
 
 from serving.api.deps import DeviceParam, KParam, ServicesDep, TimeParam
 from serving.api.errors import ServingError
@@ -17,7 +16,7 @@ router = APIRouter(tags=["recommendations"])
             responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 async def recommendations(request: Request, services: ServicesDep, k: KParam, device: DeviceParam,
                           time: TimeParam, user_id: Annotated[int, Path(ge=0, description="user id")]
-                          ) -> RecommendationResponse:
+                          ) -> Response:
     """Top-k items for a user: two-tower + trending + co-visitation candidates, LightGBM ranking,
     business rules. Unknown users get context-aware trending (`cold_start: true`); when the
     online store is down, the trending list (`degraded: true`). When more than `max_pending`
@@ -28,7 +27,7 @@ async def recommendations(request: Request, services: ServicesDep, k: KParam, de
         raise ServingError(503, f"overloaded: {services.inflight} requests in flight; try again shortly")
     services.inflight += 1  # only touched on the event loop
     try:
-        result = await run_in_threadpool(services.recommender.recommend, user_id, k, device, time)
+        result = await services.recommender.recommend_async(user_id, k, device, time)
     except ModelNotReady as error:
         raise ServingError(503, str(error)) from error
     except Overloaded as error:
@@ -37,8 +36,10 @@ async def recommendations(request: Request, services: ServicesDep, k: KParam, de
     finally:
         services.inflight -= 1
     request.state.request_id = result.request_id
-    return RecommendationResponse(
+    body = RecommendationResponse(
         request_id=result.request_id, user_id=result.user_id, model_version=result.model_version,
         variant=result.variant, k=k,
         items=result.items, cold_start=result.cold_start, degraded=result.degraded, reasons=result.reasons,
         n_candidates=result.n_candidates, timings_ms=result.timings_ms)
+    # Validated once, above; returning the model would have FastAPI validate it again (response_model).
+    return Response(body.model_dump_json(), media_type="application/json")

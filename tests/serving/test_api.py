@@ -282,7 +282,7 @@ def test_micro_batching_does_not_change_answers(services, warm_users, world):
     users = [*warm_users[:4], COLD_USER]
 
     def pending(user, device):
-        return _Pending(Recommendation(f"r{user}", user, "", world.request_time, device, []), 7)
+        return _Pending(Recommendation(f"r{user}", user, "", world.request_time, device, []), 7, keep_rows=True)
 
     alone = []
     for user in users:
@@ -295,6 +295,7 @@ def test_micro_batching_does_not_change_answers(services, warm_users, world):
         assert batched.items == single.items and batched.items
         assert batched.cold_start == single.cold_start
         assert batched.frame_rows()["item_id"].tolist() == single.frame_rows()["item_id"].tolist()
+        np.testing.assert_array_equal(batched.ranker_scores, single.ranker_scores)
 
 
 def _same_arrays(a, b) -> bool:

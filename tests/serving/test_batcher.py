@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -89,3 +90,25 @@ def test_candidates_default_to_the_bundles_own_settings():
     assert candidate_config({}, {}).n_ann == 500  # an old bundle without the section: the defaults
     with pytest.raises(ValueError, match="unknown candidate settings"):
         candidate_config(manifest, {"n_bogus": 1})
+
+
+def test_async_submission_resolves_on_the_event_loop_and_raises_errors():
+    def process(batch):
+        for pending in batch:
+            pending.result.items = [{"item_id": pending.result.user_id}]
+
+    def failing(batch):
+        raise ValueError("boom")
+
+    batcher, broken = MicroBatcher(process, max_batch=4, workers=1), MicroBatcher(failing, max_batch=4, workers=1)
+
+    async def requests():
+        done = await asyncio.gather(*(batcher.submit_async(p) for p in (answered := [_pending(3), _pending(4)])))
+        with pytest.raises(ValueError, match="boom"):
+            await broken.submit_async(_pending(5))
+        return done, answered
+
+    done, answered = asyncio.run(requests())
+    batcher.stop()
+    broken.stop()
+    assert done == [None, None] and [p.result.items for p in answered] == [[{"item_id": 3}], [{"item_id": 4}]]

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -164,11 +165,31 @@ def model_array(rows: pd.DataFrame | Mapping[str, Any], spec: FeatureSpec) -> np
         raise ValueError(_missing_message(missing))
     n = len(rows) if isinstance(rows, pd.DataFrame) else len(next(iter(rows.values()), ()))
     out = np.empty((n, len(spec.columns)), dtype=np.float64)
+    plain = [(j, c) for j, c in enumerate(spec.numeric) if not (c in DERIVED_INPUTS and _derivable(c, rows))]
+    if plain:  # one conversion for all plain numeric columns: the per-column cost dominates small batches
+        positions = [j for j, _ in plain]
+        out[:, positions] = _float_columns(rows, [c for _, c in plain])
+        counts = [j for j, c in plain if is_count_like(c)]
+        block = out[:, counts]
+        block[np.isnan(block)] = 0.0  # a missing count is no activity
+        out[:, counts] = block
     for j, column in enumerate(spec.numeric):
-        out[:, j] = _numeric_array(rows, column)
+        if column in DERIVED_INPUTS and _derivable(column, rows):
+            out[:, j] = _numeric_array(rows, column)
     for j, column in enumerate(spec.categorical, start=len(spec.numeric)):
         out[:, j] = _category_codes(rows[column], spec.vocabularies[column])
     return out
+
+
+def _float_columns(rows: pd.DataFrame | Mapping[str, Any], columns: list[str]) -> np.ndarray:
+    """(n, len(columns)) float64 of numeric columns (None -> NaN); a clear error names a column
+    that is not numeric."""
+    try:
+        if isinstance(rows, pd.DataFrame):
+            return rows[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.array([np.asarray(rows[c], dtype=np.float64) for c in columns]).T
+    except (TypeError, ValueError):
+        return np.column_stack([_as_float(rows[c], c) for c in columns])
 
 
 def _derivable(column: str, rows: pd.DataFrame | Mapping[str, Any]) -> bool:
@@ -212,9 +233,16 @@ def _category_codes(values: Any, vocabulary: list[str]) -> np.ndarray:
     if pd.api.types.infer_dtype(array, skipna=True) not in ("string", "empty"):
         array = np.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in array],
                          dtype=object)
-    codes = pd.Index(vocabulary).get_indexer(array).astype(np.float64)
+    codes = _vocabulary_index(tuple(vocabulary)).get_indexer(array).astype(np.float64)
     codes[codes < 0] = np.nan
     return codes
+
+
+@lru_cache(maxsize=256)
+def _vocabulary_index(vocabulary: tuple[str, ...]) -> pd.Index:
+    index = pd.Index(list(vocabulary), dtype=object)
+    index.get_indexer(index[:1])  # build the hash table now (pandas' lazy build is not thread-safe)
+    return index
 
 
 def _numeric(values: pd.Series) -> pd.Series:

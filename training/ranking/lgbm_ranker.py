@@ -225,7 +225,11 @@ def score(booster: lgb.Booster, df: pd.DataFrame | Mapping[str, Any], spec: Feat
         raise ValueError(
             f"model features {booster.feature_name()} differ from the spec's {spec.columns}"
         )
-    matrix = model_array(df, spec)
+    return predict_matrix(booster, model_array(df, spec))
+
+
+def predict_matrix(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
+    """Scores of a `model_array` matrix (columns in the booster's feature order)."""
     if len(matrix) == 0:
         return np.zeros(0, dtype=np.float64)
     return np.asarray(booster.predict(matrix), dtype=np.float64)

@@ -9,7 +9,9 @@ model, so serving applies exactly the training transform.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,14 +75,19 @@ def fit_user_input_spec(frame: pd.DataFrame, history_length: int) -> UserInputSp
     return spec
 
 
-def _raw_dense(frame: pd.DataFrame, spec: UserInputSpec) -> np.ndarray:
-    values = frame.reindex(columns=spec.columns).to_numpy(dtype=np.float64, na_value=np.nan)
+def _raw_dense(frame: pd.DataFrame | Mapping[str, Sequence[Any]], spec: UserInputSpec) -> np.ndarray:
+    if isinstance(frame, pd.DataFrame):
+        values = frame.reindex(columns=spec.columns).to_numpy(dtype=np.float64, na_value=np.nan)
+    else:  # columns of Python values (serving's online reads), None = missing
+        n = len(frame["user_id"])
+        values = np.array([[np.nan if v is None else v for v in frame.get(c, [None] * n)] for c in spec.columns],
+                          dtype=np.float64).reshape(len(spec.columns), n).T.copy()
     logged = [spec.columns.index(c) for c in spec.log_columns]
     values[:, logged] = np.log1p(np.clip(values[:, logged], 0, None))
     return values
 
 
-def user_dense(frame: pd.DataFrame, spec: UserInputSpec) -> np.ndarray:
+def user_dense(frame: pd.DataFrame | Mapping[str, Sequence[Any]], spec: UserInputSpec) -> np.ndarray:
     """Standardised dense user features; missing values (no Feast row yet) become 0 = the mean."""
     standardised = (_raw_dense(frame, spec) - np.asarray(spec.mean)) / np.asarray(spec.std)
     return np.nan_to_num(standardised, nan=0.0).astype(np.float32)
@@ -98,8 +105,10 @@ def history_matrix(histories: pd.Series, items: IdMap, length: int) -> np.ndarra
     return out
 
 
-def user_features(frame: pd.DataFrame, users: IdMap, items: IdMap, spec: UserInputSpec) -> UserFeatures:
-    """Two-tower user inputs for rows that hold `user_id` and the retrieval service features."""
+def user_features(frame: pd.DataFrame | Mapping[str, Sequence[Any]], users: IdMap, items: IdMap,
+                  spec: UserInputSpec) -> UserFeatures:
+    """Two-tower user inputs for rows that hold `user_id` and the retrieval service features (a
+    DataFrame, or a mapping of equally long columns)."""
     user_idx = users.to_idx(frame["user_id"])
     user_idx = np.where(user_idx < 0, len(users), user_idx)  # unknown users share the OOV row
     history = history_matrix(frame.get(HISTORY_COLUMN, pd.Series([None] * len(frame))), items,
