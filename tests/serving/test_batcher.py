@@ -102,13 +102,15 @@ def test_async_submission_resolves_on_the_event_loop_and_raises_errors():
 
     batcher, broken = MicroBatcher(process, max_batch=4, workers=1), MicroBatcher(failing, max_batch=4, workers=1)
 
+    answered = [_pending(3), _pending(4)]
+
     async def requests():
-        done = await asyncio.gather(*(batcher.submit_async(p) for p in (answered := [_pending(3), _pending(4)])))
+        done = await asyncio.gather(*(batcher.submit_async(p) for p in answered))
         with pytest.raises(ValueError, match="boom"):
             await broken.submit_async(_pending(5))
-        return done, answered
+        return done
 
-    done, answered = asyncio.run(requests())
+    done = asyncio.run(requests())
     batcher.stop()
     broken.stop()
     assert done == [None, None] and [p.result.items for p in answered] == [[{"item_id": 3}], [{"item_id": 4}]]
