@@ -53,11 +53,13 @@ def build_world(n_items: int, n_users: int, seed: int) -> dict:
     print(f"FAISS {type(index).__name__} over {n_items:,} items built in {time.perf_counter() - started:.0f}s")
     popularity = rng.zipf(1.3, n_items).astype(float)
     trending = np.where(rng.random(n_items) < 0.1, popularity * rng.uniform(0.5, 1.0, n_items), 0.0)
-    rows = np.repeat(np.arange(n_items), 25)
+    rows = np.repeat(np.arange(n_items), 25)  # and the transpose: about 50 a row
     p = popularity / popularity.sum()
-    covisit = sp.coo_matrix((rng.integers(1, 20, len(rows)).astype(float), (rows, rng.choice(n_items, len(rows), p=p))),
-                            shape=(n_items, n_items))
+    columns = np.where(rng.random(len(rows)) < 0.8, rng.integers(0, n_items, len(rows)),  # mostly uniform, some
+                       rng.choice(n_items, len(rows), p=p))                              # by popularity
+    covisit = sp.coo_matrix((rng.integers(1, 20, len(rows)).astype(float), (rows, columns)), shape=(n_items, n_items))
     covisit = (covisit + covisit.T).tocsr()
+    print(f"co-visitation: {covisit.nnz / n_items:.0f} nonzeros a row")
     available = NOW - rng.integers(0, 365 * DAY, n_items)
     available[rng.random(n_items) < 0.05] = NOW + DAY  # created tomorrow
     events = rng.choice(n_items, 200_000, p=p)

@@ -54,7 +54,9 @@ class CandidateGenerator:
         """
         if len(users) == 0:
             return pd.DataFrame(columns=["position", "item_idx", *RETRIEVAL_FEATURES])
-        return pd.DataFrame(self.generate_columns(users, request_times, exclude))
+        # Fresh arrays that nothing else holds: no copy, and no consolidation into 2-D blocks
+        # (which costs more than the frame is used for on the serving path).
+        return pd.DataFrame(self.generate_columns(users, request_times, exclude), copy=False)
 
     def generate_columns(self, users: UserFeatures, request_times: np.ndarray,
                          exclude: list[set[int]] | None = None) -> dict[str, np.ndarray]:
@@ -69,6 +71,8 @@ class CandidateGenerator:
             return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
                                     {source: empty for source in SOURCES} | {"_scores": (np.zeros(0), empty,
                                                                                           np.zeros(0))})
+        if len(parts) == 1:
+            return parts[0]
         return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
 
     def source_lists(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
@@ -176,27 +180,35 @@ class CandidateGenerator:
         ann, trending, covisit = lists["two_tower"], lists["trending"], lists["covisit"]
         trending_scores, covisit_items, covisit_sums = lists["_scores"]
         proposed = np.concatenate([ann, trending, covisit])
-        _, first = np.unique(proposed, return_index=True)
-        items = proposed[np.sort(first)]  # de-duplicated, first occurrence order
+        unique, first, inverse = np.unique(proposed, return_index=True, return_inverse=True)
+        by_first = np.argsort(first)  # de-duplicated, first occurrence order (distinct `first`s)
+        items = unique[by_first]
+        # Same rows in the same order as before the fast path: the same float32 products.
         retrieval_score = self.item_embeddings[items] @ user_vector if len(items) else np.zeros(0, np.float32)
         order = np.argsort(-retrieval_score, kind="stable")
-        items, retrieval_score = items[order], retrieval_score[order]
-        retrieval_rank, from_two_tower = _ranks(items, ann, self.config.n_ann)
-        trending_rank, from_trending = _ranks(items, trending, self.config.n_trending)
-        covisit_rank, from_covisit = _ranks(items, covisit, self.config.n_covisit)
-        return {
-            "position": np.full(len(items), row, dtype=np.int64),
-            "item_idx": items,
-            "retrieval_score": retrieval_score,
-            "retrieval_rank": retrieval_rank,
-            "trending_score": trending_scores[items],
-            "trending_rank": trending_rank,
-            "covisit_score": _lookup(covisit_items, covisit_sums, items),
-            "covisit_rank": covisit_rank,
-            "from_two_tower": from_two_tower,
-            "from_trending": from_trending,
-            "from_covisit": from_covisit,
-        }
+        chosen = by_first[order]  # each candidate's position in `unique`
+        columns = {"position": np.full(len(items), row, dtype=np.int64), "item_idx": unique[chosen],
+                   "retrieval_score": retrieval_score[order]}
+        # A source's rank of each item: scatter 1..len(list) onto the list's `unique` positions.
+        # The trending and co-visitation lists never repeat an item; FAISS hits normally do not
+        # either, and where they do the rank is the item's last one, as the old dict gave.
+        ends = np.cumsum([0, len(ann), len(trending), len(covisit)])
+        ranks = np.zeros((3, len(unique)), dtype=np.int64)
+        for source, (start, end) in enumerate(zip(ends[:-1], ends[1:])):
+            if start < end:
+                np.maximum.at(ranks[source], inverse[start:end], np.arange(1, end - start + 1))
+        ranks = ranks[:, chosen]
+        for source, (rank_column, flag_column, n) in enumerate(
+                (("retrieval_rank", "from_two_tower", self.config.n_ann),
+                 ("trending_rank", "from_trending", self.config.n_trending),
+                 ("covisit_rank", "from_covisit", self.config.n_covisit))):
+            found = ranks[source] > 0
+            columns[rank_column] = np.where(found, ranks[source], n + 1)
+            columns[flag_column] = found.astype(np.int8)
+        items = columns["item_idx"]
+        columns["trending_score"] = trending_scores[items]
+        columns["covisit_score"] = _lookup(covisit_items, covisit_sums, items)
+        return {column: columns[column] for column in ("position", "item_idx", *RETRIEVAL_FEATURES)}
 
     def _trending_scores(self, request_time: int) -> np.ndarray:
         return self.trending.scores_as_of(request_time)
@@ -234,19 +246,6 @@ def _lookup(keys: np.ndarray, values: np.ndarray, items: np.ndarray) -> np.ndarr
         found = keys[at] == items
         out[found] = values[at[found]]
     return out
-
-
-def _ranks(items: np.ndarray, ranked: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """1-based rank of each item in `ranked` (its last occurrence), n + 1 for items not in it;
-    and whether it is in it (int8)."""
-    if not ranked.size:
-        return np.full(len(items), n + 1, dtype=np.int64), np.zeros(len(items), dtype=np.int8)
-    by_item = np.argsort(ranked, kind="stable")
-    sorted_items = ranked[by_item]
-    at = np.searchsorted(sorted_items, items, side="right") - 1
-    found = sorted_items[at] == items  # at = -1 (before all) reads the last item: never equal there
-    found &= at >= 0
-    return np.where(found, by_item[at] + 1, n + 1), found.astype(np.int8)
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
