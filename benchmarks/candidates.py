@@ -154,6 +154,14 @@ def main() -> None:
                                                    embeddings[i:i + 1]))
              for label, g in generators.items()}, len(singles), 1, args.repeats)
 
+    fallbacks = []
+    dense_list = generators["new"]._dense_list
+    generators["new"]._dense_list = lambda *args: fallbacks.append(1) or dense_list(*args)
+    generators["new"].generate(users, times, exclude)
+    print(f"lists ranked over the whole catalog (a tie at the cut-off score): {len(fallbacks)} of "
+          f"{2 * len(users)} trending / co-visitation lists")
+    del generators["new"]._dense_list
+
     user_idx, items, event_times = world["events"]
     trending = TrendingRecommender(args.items).fit(user_idx, items, event_times, as_of=NOW)
     parts = (*parts[:4], trending, world["covisit"], config)

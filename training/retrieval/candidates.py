@@ -139,13 +139,15 @@ class CandidateGenerator:
 
     def _trending_list(self, scores: np.ndarray, request_time: int, blocked: np.ndarray, m: int,
                        limit: int) -> np.ndarray:
+        """The trending list, from the source's `ranking_as_of(t)` when it has one (the items with a
+        positive `scores_as_of(t)`, best first, ties by lower index), else from `scores` itself."""
         ranking = getattr(self.trending, "ranking_as_of", None)
         order = ranking(request_time) if ranking is not None else None
-        if order is not None:  # items with a positive score, best first, ties by lower index
+        if order is not None:
             m = min(m, len(scores))
             top = order[:m]
             top_scores = scores[top]
-            tied_beyond = 0 < m < len(order) and scores[order[m]] == top_scores[-1]
+            tied_beyond = 0 < m < len(order) and top_scores[-1] > 0 and scores[order[m]] == top_scores[-1]
             found = self._first_allowed(top, top_scores, tied_beyond, request_time, blocked, limit)
             if found is not None:
                 return found
@@ -153,6 +155,7 @@ class CandidateGenerator:
 
     def _covisit_list(self, items: np.ndarray, sums: np.ndarray, request_time: int, blocked: np.ndarray,
                       m: int, limit: int) -> np.ndarray:
+        """The co-visitation list from the seeds' sparse sums (`_covisit_sparse`)."""
         all_items, all_sums = items, sums
         positive = sums > 0
         items, sums = items[positive], sums[positive]
