@@ -102,9 +102,10 @@ def _random_world(seed: int, n_items: int, hnsw: bool):
     trending = TrendingRecommender(n_items).fit(users, items, times, weights, as_of=10 * DAY)
     covisit = CoVisitationRecommender(n_items).fit(users, items, times, weights)
 
-    bundle_scores = np.where(rng.random(n_items) < 0.3, rng.integers(1, 6, n_items), 0).astype(float)
+    decimals = seed % 3  # trending scores from heavily tied (integers) to mostly distinct
+    bundle_scores = np.where(rng.random(n_items) < 0.3, np.round(rng.exponential(5, n_items), decimals), 0.0)
     bundle_scores[rng.random(n_items) < 0.05] = -1.0
-    nnz = 20 * n_items
+    nnz = 40 * n_items
     values = rng.integers(-1, 5, nnz).astype(float)  # zeros stay stored: explicit zeros, and negatives
     matrix = sp.csr_matrix((values, (rng.integers(0, n_items, nnz), rng.integers(0, n_items, nnz))),
                            shape=(n_items, n_items))
