@@ -49,9 +49,15 @@ class BundleTrending:
         self.n_items = len(self.item_scores)
         # Descending order, ties by lower index (the order `top_k_items` uses), computed once.
         self.order = np.lexsort((np.arange(self.n_items), -self.item_scores))
+        self._positive_order = self.order[: int(np.count_nonzero(self.item_scores > 0))]
 
     def scores_as_of(self, as_of: int) -> np.ndarray:  # noqa: ARG002 - same scores at any time
         return self.item_scores
+
+    def ranking_as_of(self, as_of: int) -> np.ndarray:  # noqa: ARG002 - same scores at any time
+        """The items with a positive `scores_as_of(as_of)`, best first, ties by lower index (what
+        `CandidateGenerator` reads instead of ranking the whole catalog per request)."""
+        return self._positive_order
 
 
 class BundleCovisitation:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from training.retrieval.ann_index import search
 from training.retrieval.baselines import CoVisitationRecommender, TrendingRecommender
@@ -51,87 +52,208 @@ class CandidateGenerator:
         Returns one row per (request position, item_idx) with RETRIEVAL_FEATURES, best first by
         two-tower score; items not yet created at the request time or in `exclude` never appear.
         """
+        if len(users) == 0:
+            return pd.DataFrame(columns=["position", "item_idx", *RETRIEVAL_FEATURES])
+        # Fresh arrays that nothing else holds: no copy, and no consolidation into 2-D blocks
+        # (which costs more than the frame is used for on the serving path).
+        return pd.DataFrame(self.generate_columns(users, request_times, exclude), copy=False)
+
+    def generate_columns(self, users: UserFeatures, request_times: np.ndarray,
+                         exclude: list[set[int]] | None = None) -> dict[str, np.ndarray]:
+        """`generate`'s columns as arrays (position, item_idx, *RETRIEVAL_FEATURES), no DataFrame."""
         limits = {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
                   "covisit": self.config.n_covisit}
         user_emb = self.model.user_embeddings(users)
         parts = [self._candidates(row, user_emb[row], lists)
-                 for row, lists in enumerate(self.source_lists(users, request_times, exclude, limits, user_emb))]
-        if not parts:
-            return pd.DataFrame(columns=["position", "item_idx", *RETRIEVAL_FEATURES])
-        return pd.DataFrame({column: np.concatenate([part[column] for part in parts]) for column in parts[0]})
+                 for row, lists in enumerate(self._source_arrays(users, request_times, exclude, limits, user_emb))]
+        if not parts:  # no requests: the columns of a request without candidates
+            empty = np.zeros(0, dtype=np.int64)
+            return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
+                                    {source: empty for source in SOURCES} | {"_scores": (np.zeros(0), empty,
+                                                                                          np.zeros(0))})
+        if len(parts) == 1:
+            return parts[0]
+        return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
 
     def source_lists(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
                      limits: dict[str, int], user_emb: np.ndarray | None = None) -> list[dict[str, list[int]]]:
         """Per request, each source's ranked items (at most `limits[source]`), allowed items only."""
+        return [{source: lists[source].tolist() for source in SOURCES}
+                for lists in self._source_arrays(users, request_times, exclude, limits, user_emb)]
+
+    def _source_arrays(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
+                       limits: dict[str, int], user_emb: np.ndarray | None = None) -> list[dict]:
+        """`source_lists` as int64 arrays, with what `_candidates` needs for the scores.
+
+        A source's list is its top `limit * 3 + len(blocked)` items by score (ties by lower index),
+        then the allowed ones with a positive score, at most `limit`. Only the items a list can
+        reach are looked at: the trending source's precomputed ranking when it has one, and the
+        seeds' rows of the co-visitation matrix, never a dense array over the catalog. When the
+        list would reach into a group of items tied at the cut-off score, the old full-catalog
+        `_top` decides (its `argpartition` picks an arbitrary subset of such a group), so the lists
+        are always exactly the ones `_top` gives.
+        """
         exclude = exclude or [set() for _ in range(len(users))]
         user_emb = self.model.user_embeddings(users) if user_emb is None else user_emb
         _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
+        n_catalog = len(self.item_available_from)
         out = []
         for row in range(len(users)):
             request_time = int(request_times[row])
-            available = self.item_available_from <= request_time
-            seeds = users.history[row][users.history[row] < len(available)][: self.config.covisit_seeds]
-            blocked = np.fromiter(set(exclude[row]) | set(seeds.tolist()), dtype=np.int64)
+            history = users.history[row]
+            seeds = history[history < n_catalog][: self.config.covisit_seeds]
+            blocked_set = set(exclude[row]) | set(seeds.tolist())
+            blocked = np.sort(np.fromiter(blocked_set, dtype=np.int64, count=len(blocked_set)))
 
-            def ranked(items, scores=None, limit=0) -> list[int]:
-                items = np.asarray(items, dtype=np.int64)
-                keep = available[items] & ~np.isin(items, blocked)
-                if scores is not None:
-                    keep &= scores[items] > 0
-                return items[keep][:limit].tolist()
-
-            trending = self._trending_scores(request_time)
-            covisit = self._covisit_scores(seeds)
-            out.append({
-                "two_tower": ranked(ann_items[row][ann_items[row] >= 0], limit=limits["two_tower"]),
-                "trending": ranked(_top(trending, limits["trending"] * 3 + len(blocked)), trending,
-                                   limits["trending"]),
-                "covisit": ranked(_top(covisit, limits["covisit"] * 3 + len(blocked)), covisit,
-                                  limits["covisit"]),
-                "_scores": (trending, covisit),
-            })
+            ann = ann_items[row]
+            ann = ann[ann >= 0]
+            ann = ann[self._allowed(ann, request_time, blocked)][: limits["two_tower"]]
+            trending_scores = self._trending_scores(request_time)
+            trending = self._trending_list(trending_scores, request_time, blocked,
+                                           limits["trending"] * 3 + len(blocked), limits["trending"])
+            covisit_items, covisit_sums = self._covisit_sparse(seeds)
+            covisit = self._covisit_list(covisit_items, covisit_sums, request_time, blocked,
+                                         limits["covisit"] * 3 + len(blocked), limits["covisit"])
+            out.append({"two_tower": ann, "trending": trending, "covisit": covisit,
+                        "_scores": (trending_scores, covisit_items, covisit_sums)})
         return out
+
+    def _allowed(self, items: np.ndarray, request_time: int, blocked: np.ndarray) -> np.ndarray:
+        """Mask of `items` that exist at `request_time` and are not in `blocked` (sorted)."""
+        keep = self.item_available_from[items] <= request_time
+        if blocked.size:
+            keep &= ~_in_sorted(items, blocked)
+        return keep
+
+    def _first_allowed(self, top: np.ndarray, top_scores: np.ndarray, tied_beyond: bool, request_time: int,
+                       blocked: np.ndarray, limit: int) -> np.ndarray | None:
+        """`ranked(top)`: the allowed items of `top` (best first) with a positive score, at most
+        `limit`; None when that depends on which items of the cut-off tie group `_top` would keep."""
+        keep = self._allowed(top, request_time, blocked) & (top_scores > 0)
+        kept = np.flatnonzero(keep)
+        if tied_beyond:  # the cut-off score (> 0) continues past `top`
+            group_start = np.searchsorted(-top_scores, -top_scores[-1], side="left")
+            if len(kept) < limit or kept[limit - 1] >= group_start:
+                return None
+        return top[kept[:limit]]
+
+    def _trending_list(self, scores: np.ndarray, request_time: int, blocked: np.ndarray, m: int,
+                       limit: int) -> np.ndarray:
+        """The trending list, from the source's `ranking_as_of(t)` when it has one (the items with a
+        positive `scores_as_of(t)`, best first, ties by lower index), else from `scores` itself."""
+        ranking = getattr(self.trending, "ranking_as_of", None)
+        order = ranking(request_time) if ranking is not None else None
+        if order is not None:
+            m = min(m, len(scores))
+            top = order[:m]
+            top_scores = scores[top]
+            tied_beyond = 0 < m < len(order) and top_scores[-1] > 0 and scores[order[m]] == top_scores[-1]
+            found = self._first_allowed(top, top_scores, tied_beyond, request_time, blocked, limit)
+            if found is not None:
+                return found
+        return self._dense_list(scores, request_time, blocked, m, limit)
+
+    def _covisit_list(self, items: np.ndarray, sums: np.ndarray, request_time: int, blocked: np.ndarray,
+                      m: int, limit: int) -> np.ndarray:
+        """The co-visitation list from the seeds' sparse sums (`_covisit_sparse`)."""
+        all_items, all_sums = items, sums
+        positive = sums > 0
+        items, sums = items[positive], sums[positive]
+        order = np.argsort(-sums, kind="stable")  # `items` ascending: ties by lower index
+        m = min(m, len(self.item_embeddings))
+        top = items[order[:m]]
+        top_scores = sums[order[:m]]
+        tied_beyond = 0 < m < len(order) and sums[order[m]] == top_scores[-1]
+        found = self._first_allowed(top, top_scores, tied_beyond, request_time, blocked, limit)
+        if found is not None:
+            return found
+        dense = np.zeros(len(self.item_embeddings))  # bitwise the old dense bincount
+        dense[all_items] = all_sums
+        return self._dense_list(dense, request_time, blocked, m, limit)
+
+    def _dense_list(self, scores: np.ndarray, request_time: int, blocked: np.ndarray, m: int,
+                    limit: int) -> np.ndarray:
+        """The list from a score for every item, through `_top` over the whole catalog."""
+        top = _top(scores, m)
+        keep = self._allowed(top, request_time, blocked) & (scores[top] > 0)
+        return top[keep][:limit]
 
     def _candidates(self, row: int, user_vector: np.ndarray, lists: dict) -> dict[str, np.ndarray]:
         """One request's candidates as columns, best first by two-tower score (stable)."""
         ann, trending, covisit = lists["two_tower"], lists["trending"], lists["covisit"]
-        trending_scores, covisit_scores = lists["_scores"]
-        items = np.array(list(dict.fromkeys(ann + trending + covisit)), dtype=np.int64)
+        trending_scores, covisit_items, covisit_sums = lists["_scores"]
+        proposed = np.concatenate([ann, trending, covisit])
+        unique, first, inverse = np.unique(proposed, return_index=True, return_inverse=True)
+        by_first = np.argsort(first)  # de-duplicated, first occurrence order (distinct `first`s)
+        items = unique[by_first]
+        # Same rows in the same order as before the fast path: the same float32 products.
         retrieval_score = self.item_embeddings[items] @ user_vector if len(items) else np.zeros(0, np.float32)
         order = np.argsort(-retrieval_score, kind="stable")
-        items, retrieval_score = items[order], retrieval_score[order]
-        return {
-            "position": np.full(len(items), row, dtype=np.int64),
-            "item_idx": items,
-            "retrieval_score": retrieval_score,
-            "retrieval_rank": _ranks(items, ann, self.config.n_ann),
-            "trending_score": trending_scores[items],
-            "trending_rank": _ranks(items, trending, self.config.n_trending),
-            "covisit_score": covisit_scores[items],
-            "covisit_rank": _ranks(items, covisit, self.config.n_covisit),
-            "from_two_tower": np.isin(items, ann).astype(np.int8),
-            "from_trending": np.isin(items, trending).astype(np.int8),
-            "from_covisit": np.isin(items, covisit).astype(np.int8),
-        }
+        chosen = by_first[order]  # each candidate's position in `unique`
+        columns = {"position": np.full(len(items), row, dtype=np.int64), "item_idx": unique[chosen],
+                   "retrieval_score": retrieval_score[order]}
+        # A source's rank of each item: scatter 1..len(list) onto the list's `unique` positions.
+        # The trending and co-visitation lists never repeat an item; FAISS hits normally do not
+        # either, and where they do the rank is the item's last one, as the old dict gave.
+        ends = np.cumsum([0, len(ann), len(trending), len(covisit)])
+        ranks = np.zeros((3, len(unique)), dtype=np.int64)
+        for source, (start, end) in enumerate(zip(ends[:-1], ends[1:])):
+            if start < end:
+                np.maximum.at(ranks[source], inverse[start:end], np.arange(1, end - start + 1))
+        ranks = ranks[:, chosen]
+        for source, (rank_column, flag_column, n) in enumerate(
+                (("retrieval_rank", "from_two_tower", self.config.n_ann),
+                 ("trending_rank", "from_trending", self.config.n_trending),
+                 ("covisit_rank", "from_covisit", self.config.n_covisit))):
+            found = ranks[source] > 0
+            columns[rank_column] = np.where(found, ranks[source], n + 1)
+            columns[flag_column] = found.astype(np.int8)
+        items = columns["item_idx"]
+        columns["trending_score"] = trending_scores[items]
+        columns["covisit_score"] = _lookup(covisit_items, covisit_sums, items)
+        return {column: columns[column] for column in ("position", "item_idx", *RETRIEVAL_FEATURES)}
 
     def _trending_scores(self, request_time: int) -> np.ndarray:
         return self.trending.scores_as_of(request_time)
 
-    def _covisit_scores(self, seeds: np.ndarray) -> np.ndarray:
+    def _covisit_sparse(self, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The seeds' summed co-visitation scores as (items ascending, sums); items not listed score
+        0. Each sum adds the same values in the same order as a dense `np.bincount` over the
+        seeds' rows would, so it is bitwise the same number."""
         if seeds.size == 0:
-            return np.zeros(len(self.item_embeddings))
-        rows = self.covisit.matrix[seeds]
-        return np.bincount(rows.indices, weights=rows.data, minlength=len(self.item_embeddings))
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        matrix = self.covisit.matrix
+        if seeds.min() >= 0 and sp.issparse(matrix) and matrix.format == "csr":
+            starts, ends = matrix.indptr[seeds], matrix.indptr[seeds + 1]
+            lengths = ends - starts
+            positions = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+            columns, values = matrix.indices[positions], matrix.data[positions]
+        else:  # scipy's own row indexing (wraps negative rows)
+            rows = matrix[seeds]
+            columns, values = rows.indices, rows.data
+        items, inverse = np.unique(columns, return_inverse=True)
+        return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
 
 
-def _ranks(items: np.ndarray, ranked: list[int], n: int) -> np.ndarray:
-    """1-based rank of each item in `ranked`, n + 1 for items not in it."""
-    position = {item: rank for rank, item in enumerate(ranked, start=1)}
-    return np.array([position.get(int(i), n + 1) for i in items], dtype=np.int64)
+def _in_sorted(items: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Mask of `items` found in the non-empty sorted array `sorted_values`."""
+    at = np.searchsorted(sorted_values, items)
+    return sorted_values[np.minimum(at, len(sorted_values) - 1)] == items
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """values[keys == item] for each item (`keys` sorted, unique), 0.0 where absent."""
+    out = np.zeros(len(items))
+    if keys.size and items.size:
+        at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
+        found = keys[at] == items
+        out[found] = values[at[found]]
+    return out
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n highest scores, best first (ties by lower index)."""
+    """Indices of the n highest scores, best first (ties by lower index among those kept; which
+    items of a group tied at the cut-off are kept is up to `argpartition`)."""
     n = min(n, len(scores))
     top = np.argpartition(-scores, n - 1)[:n] if n else np.empty(0, dtype=np.int64)
     return top[np.lexsort((top, -scores[top]))]
