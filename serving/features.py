@@ -39,6 +39,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ ITEM_CATEGORY_COLUMN = "item_profile__item_category"
 IS_NEW_COLUMN = "item_daily__is_new"
 _NUMERIC_TYPES = (Int32, Int64, Float32, Float64, Bool)
 STAMP_BATCH = 250  # keys per pipelined HMGET of write stamps
+REDIS_KEY_CACHE_SIZE = 200_000  # entity keys kept serialized (OnlineFeatures.redis_keys)
 MAX_DERIVED = 8  # tables kept per snapshot (one per bundle in service, see ItemSnapshot.derive)
 
 
@@ -140,6 +142,8 @@ class OnlineFeatures:
         self.layouts = {keys: self._layout(keys, refs) for keys, refs in
                         ((USER_KEYS, self.user_refs), (ITEM_KEYS, self.item_refs),
                          (USER_CATEGORY_KEYS, self.user_category_refs))}
+        # Serializing an entity key costs ~30 us; the same users and (user, category) pairs come back.
+        self._redis_key = lru_cache(maxsize=REDIS_KEY_CACHE_SIZE)(self._redis_key_uncached)
         self._fail_fast()
 
     def _layout(self, join_keys: tuple[str, ...], refs: list[str]) -> HashLayout:
@@ -257,10 +261,13 @@ class OnlineFeatures:
         """The Redis hash keys Feast uses for these entities (this project). With one join key
         (a string) `entities` are its values; otherwise tuples in `join_keys` order."""
         if isinstance(join_keys, str):
-            join_keys, entities = [join_keys], [(value,) for value in entities]
-        protos = [EntityKeyProto(join_keys=list(join_keys), entity_values=[_value_proto(v) for v in entity])
-                  for entity in entities]
-        return self._online_store()._generate_redis_keys_for_entities(self.store.config, protos)  # noqa: SLF001
+            join_keys, entities = (join_keys,), [(value,) for value in entities]
+        join_keys = tuple(join_keys)
+        return [self._redis_key(join_keys, tuple(entity)) for entity in entities]
+
+    def _redis_key_uncached(self, join_keys: tuple[str, ...], entity: tuple) -> bytes:
+        proto = EntityKeyProto(join_keys=list(join_keys), entity_values=[_value_proto(v) for v in entity])
+        return self._online_store()._generate_redis_keys_for_entities(self.store.config, [proto])[0]  # noqa: SLF001
 
     def write_stamps(self, views: Sequence[str], keys: Sequence[bytes], batch_size: int = 250,
                      pause_s: float = 0.0) -> list[tuple]:

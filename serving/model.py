@@ -121,7 +121,7 @@ class LoadedModel:
 
     @classmethod
     def _read(cls, bundle_dir: Path, manifest: dict[str, Any], candidates: CandidateConfig) -> LoadedModel:
-        two_tower = TwoTowerModel.load(bundle_dir / "two_tower", device="cpu")
+        two_tower = TwoTowerModel.load(bundle_dir / "two_tower", device="cpu").eval()
         user_spec = UserInputSpec.from_json((bundle_dir / "user_inputs.json").read_text())
         index = load_index(bundle_dir / "faiss.index")
         item_emb = np.load(bundle_dir / "item_embeddings.npy", allow_pickle=False)

@@ -373,13 +373,13 @@ class Recommender:
 
         with stage("retrieval", timings):
             candidates = self._candidates(model, batch, users, seen)
-            request_of = candidates["position"].to_numpy() if len(candidates) else np.zeros(0, dtype=np.int64)
+            request_of = candidates["position"]
             bounds = np.searchsorted(request_of, np.arange(len(batch) + 1))  # request i: bounds[i]:bounds[i+1]
 
         scored = [i for i in range(len(batch)) if bounds[i + 1] > bounds[i]]
         if scored:
             plan = self.plan(model)
-            item_idx = candidates["item_idx"].to_numpy()
+            item_idx = candidates["item_idx"]
             item_ids = model.item_ids.to_ids(item_idx)
             with stage("features", timings):
                 items = self._item_inputs(model, plan, results, item_idx, item_ids)
@@ -394,7 +394,7 @@ class Recommender:
                 rows = self._ranking_rows(results, candidates, request_of, item_ids, items, requests, pairs)
         with stage("rules", timings):
             if scored:
-                sources_all = primary_source(candidates).to_numpy()
+                sources_all = primary_source(candidates)
             for i, p in enumerate(batch):
                 result = p.result
                 start, end = bounds[i], bounds[i + 1]
@@ -418,9 +418,9 @@ class Recommender:
                 self.metrics.candidates.observe(end - start)
 
     def _candidates(self, model: LoadedModel, batch: list[_Pending], users: list[dict[str, Any]],
-                    seen: list[list[int]]) -> pd.DataFrame:
-        """The batch's candidates (`CandidateGenerator` rows, ordered by request position); a cold
-        user keeps only trending candidates, at most `cold_start_candidates` of them."""
+                    seen: list[list[int]]) -> dict[str, np.ndarray]:
+        """The batch's candidates (`CandidateGenerator` columns, ordered by request position); a
+        cold user keeps only trending candidates, at most `cold_start_candidates` of them."""
         columns = {column: [user.get(column) for user in users] for column in model.user_spec.columns}
         columns[HISTORY_COLUMN] = [user.get(HISTORY_COLUMN) for user in users]
         columns["user_id"] = [p.result.user_id for p in batch]
@@ -430,15 +430,16 @@ class Recommender:
             idx = model.item_ids.to_idx(seen_ids) if self.rules.exclude_seen and seen_ids else []
             exclude.append({int(i) for i in idx if i >= 0})
         times = np.array([int(p.result.request_time.timestamp()) for p in batch])
-        candidates = model.generator.generate(inputs, times, exclude)
+        candidates = model.generator.generate_columns(inputs, times, exclude)
         cold = np.array([p.result.cold_start for p in batch])
-        if cold.any() and len(candidates):
-            position = candidates["position"].to_numpy()
-            keep = ~cold[position] | (candidates["from_trending"].to_numpy() == 1)
-            candidates = candidates[keep]
-            rank = candidates.groupby("position", sort=False).cumcount().to_numpy()
-            candidates = candidates[~cold[candidates["position"].to_numpy()] | (rank < self.cold_start_candidates)]
-        return candidates.reset_index(drop=True)
+        position = candidates["position"]
+        if cold.any() and len(position):
+            keep = ~cold[position] | (candidates["from_trending"] == 1)
+            kept = position[keep]
+            rank = np.arange(len(kept)) - np.searchsorted(kept, kept)  # rank within the request (positions sorted)
+            keep[keep] = ~cold[kept] | (rank < self.cold_start_candidates)
+            candidates = {column: values[keep] for column, values in candidates.items()}
+        return candidates
 
     def _user_features(self, results: list[Recommendation]) -> list[dict[str, Any]] | None:
         """One round trip for the batch's users; None (all degraded) when the store is down."""
@@ -541,7 +542,7 @@ class Recommender:
             results[i].reasons.append(reason)
         return [{} for _ in pairs]
 
-    def _ranking_rows(self, results: list[Recommendation], candidates: pd.DataFrame, request_of: np.ndarray,
+    def _ranking_rows(self, results: list[Recommendation], candidates: dict[str, np.ndarray], request_of: np.ndarray,
                       item_ids: np.ndarray, items: ItemInputs, requests: dict[str, Any], pairs: Pairs
                       ) -> dict[str, Any]:
         """The ranker's input rows as columns (what training joins: request, retrieval, item, user
@@ -553,10 +554,10 @@ class Recommender:
             "user_id": np.array([r.user_id for r in results], dtype=np.int64)[request_of],
             TIMESTAMP_COLUMN: requests[TIMESTAMP_COLUMN][request_of],
             "device": requests["device"][request_of],
-            "item_idx": candidates["item_idx"].to_numpy(),
+            "item_idx": candidates["item_idx"],
         }
         for column in RETRIEVAL_FEATURES:
-            columns[column] = candidates[column].to_numpy()
+            columns[column] = candidates[column]
         columns["item_id"] = item_ids
         columns["category"] = items.categories
         for column in self.user_columns:  # one value per request, repeated over its candidates

@@ -34,6 +34,7 @@ DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     "user_id", "item_id", "category", GROUP_COLUMN, LABEL_COLUMN, "event_type", TIMESTAMP_COLUMN,
 )
+SMALL_LOOKUP = 64  # up to this many values, categorical codes come from a dict
 # A missing Feast row for these means "no activity", i.e. 0, not "unknown".
 _COUNT_LIKE = re.compile(r"count|popularity|events|active_days")
 
@@ -230,12 +231,23 @@ def _utc_index(values: Any) -> pd.DatetimeIndex:
 
 def _category_codes(values: Any, vocabulary: list[str]) -> np.ndarray:
     array = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
+    if len(array) <= SMALL_LOOKUP:  # a request's rows: a dict lookup per value beats pandas' set-up
+        codes = _vocabulary_codes(tuple(vocabulary))
+        return np.array([codes.get(_as_text(v), np.nan) for v in array], dtype=np.float64)
     if pd.api.types.infer_dtype(array, skipna=True) not in ("string", "empty"):
-        array = np.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in array],
-                         dtype=object)
+        array = np.array([_as_text(v) for v in array], dtype=object)
     codes = _vocabulary_index(tuple(vocabulary)).get_indexer(array).astype(np.float64)
     codes[codes < 0] = np.nan
     return codes
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+@lru_cache(maxsize=256)
+def _vocabulary_codes(vocabulary: tuple[str, ...]) -> dict[str, float]:
+    return {value: float(code) for code, value in enumerate(vocabulary)}
 
 
 @lru_cache(maxsize=256)

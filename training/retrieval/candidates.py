@@ -8,6 +8,7 @@ rank, trending and co-visitation scores, and which sources proposed it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import faiss
@@ -259,8 +260,8 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return top[np.lexsort((top, -scores[top]))]
 
 
-def primary_source(frame: pd.DataFrame) -> pd.Series:
-    """The first source (in SOURCES order) that proposed each candidate."""
-    source = np.where(frame["from_two_tower"].to_numpy() == 1, "two_tower",
-                      np.where(frame["from_trending"].to_numpy() == 1, "trending", "covisit"))
-    return pd.Series(source.astype(object), index=frame.index)
+def primary_source(columns: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
+    """The first source (in SOURCES order) that proposed each candidate (object array)."""
+    source = np.where(np.asarray(columns["from_two_tower"]) == 1, "two_tower",
+                      np.where(np.asarray(columns["from_trending"]) == 1, "trending", "covisit"))
+    return source.astype(object)

@@ -132,13 +132,17 @@ def _mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential
 
 @contextmanager
 def _inference(module: nn.Module) -> Iterator[None]:
+    """Eval mode without autograd; a module already in eval mode (serving) is left alone, as
+    switching every submodule back and forth costs more than one user's forward pass."""
     was_training = module.training
-    module.eval()
+    if was_training:
+        module.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
-        module.train(was_training)
+        if was_training:
+            module.train()
 
 
 class TwoTowerModel(nn.Module):
