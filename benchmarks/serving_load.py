@@ -465,15 +465,15 @@ def drop_project_keys(project: str) -> None:
 
 class Server:
     def __init__(self, world: World, root: Path, port: int, n_candidates: int, item_source: str,
-                 sample_rate: float, max_batch: int) -> None:
-        self.port = port
+                 sample_rate: float, max_batch: int, workers: int) -> None:
+        self.port, self.workers = port, workers
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
                "RECSYS_SERVING_FEATURE_REPO": str(world.repo), "RECSYS_SERVING_MODELS_DIR": str(world.models_dir),
                "RECSYS_SERVING_PORT": str(port), "RECSYS_SERVING_HOST": "127.0.0.1",
                "RECSYS_SERVING_N_ANN": str(n_candidates), "RECSYS_SERVING_LOG_LEVEL": "warning",
                "RECSYS_SERVING_ITEM_FEATURE_SOURCE": item_source,
                "RECSYS_SERVING_LOG_SAMPLE_RATE": str(sample_rate),
-               "RECSYS_SERVING_MAX_BATCH": str(max_batch),
+               "RECSYS_SERVING_MAX_BATCH": str(max_batch), "RECSYS_SERVING_WORKERS": str(workers),
                "RECSYS_SERVING_LOG_DIR": str(root / "serving_logs"),
                "RECSYS_SERVING_EVENTS_DIR": str(root / "served_events")}
         self.stderr = open(root / f"server-{item_source}.log", "w")  # noqa: SIM115
@@ -484,18 +484,23 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.time() + timeout
+        """Until every worker process has answered /readyz with 200 (each connection goes to
+        whichever worker accepts it first)."""
+        deadline, ready = time.time() + timeout, set()
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.stderr.name}")
             try:
                 with urllib.request.urlopen(self.url("/readyz"), timeout=2) as response:
-                    if response.status == 200:
+                    ready.add(json.loads(response.read())["worker_pid"])
+                    if len(ready) >= self.workers:
                         return
+                    time.sleep(0.05)
+                    continue
             except OSError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError("server not ready")
+        raise TimeoutError(f"server not ready ({len(ready)} of {self.workers} workers)")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -593,6 +598,7 @@ def main() -> None:
                         help="cached vs naive path: this many sequential requests each")
     parser.add_argument("--sample-rate", type=float, default=0.01, help="served-log sampling")
     parser.add_argument("--max-batch", type=int, default=16, help="server micro-batch size (1: off)")
+    parser.add_argument("--workers", type=int, default=2, help="server processes (RECSYS_SERVING_WORKERS)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the workdir and the Redis keys")
     parser.add_argument("--reuse", action="store_true", help="reuse a world kept (--keep) in --workdir")
@@ -624,8 +630,10 @@ def main() -> None:
         users_file.write_text(json.dumps(world.users))
         log(f"world ready: {args.items:,} items, {len(world.users):,} users, project {world.project}")
 
-        results: dict[str, object] = {"items": args.items, "candidates": args.candidates, "world": args.world}
-        server = Server(world, root, free_port(), args.candidates, "cache", args.sample_rate, args.max_batch)
+        results: dict[str, object] = {"items": args.items, "candidates": args.candidates, "world": args.world,
+                                      "workers": args.workers, "max_batch": args.max_batch}
+        server = Server(world, root, free_port(), args.candidates, "cache", args.sample_rate, args.max_batch,
+                        args.workers)
         try:
             server.wait_ready()
             log("server ready (item features from the local cache)")
@@ -662,7 +670,8 @@ def main() -> None:
         finally:
             server.stop()
 
-        naive = Server(world, root, free_port(), args.candidates, "online", args.sample_rate, args.max_batch)
+        naive = Server(world, root, free_port(), args.candidates, "online", args.sample_rate, args.max_batch,
+                       args.workers)
         try:
             naive.wait_ready()
             load(naive.port, users_file, 0, 0, sequential=10)  # warm-up
@@ -676,7 +685,8 @@ def main() -> None:
                  if naive_result[q] and cached_low[q]}
         results["naive_over_cached"] = ratio
         print("\n==== serving load benchmark ====")
-        print(f"catalog {args.items:,} items, {args.candidates} ANN candidates/request, world: {args.world}")
+        print(f"catalog {args.items:,} items, {args.candidates} ANN candidates/request, world: {args.world}, "
+              f"{args.workers} server process(es), micro-batches up to {args.max_batch}")
         print(f"at {args.rate:.0f} req/s for {args.duration:.0f}s: {fmt(at_rate)}")
         if best:
             print(f"highest rate with p99 < {args.p99_ms:.0f} ms: {best['rate']:.1f} req/s ({fmt(best)})")

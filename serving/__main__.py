@@ -1,9 +1,10 @@
-"""`python -m serving`: the API under uvicorn (one process), host and port from ServingSettings."""
+"""`python -m serving`: the API under uvicorn, host, port and worker processes from ServingSettings."""
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 from serving.settings import get_serving_settings
 
@@ -18,11 +19,19 @@ def main() -> None:
     import uvicorn
 
     from serving.app import create_app
+    from serving.metrics import share_metrics_between_workers
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, workers=1)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        return
+    # Several processes: each worker builds the app from the same environment (settings come from
+    # RECSYS_SERVING_* variables), and they share their metrics through files in a fresh folder.
+    with tempfile.TemporaryDirectory(prefix="recsys-serving-metrics-") as metrics_dir:
+        share_metrics_between_workers(metrics_dir)
+        uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    log_level=settings.log_level, workers=settings.workers)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,31 @@
-"""Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one app instance (own registry, so several apps can live in one process).
+
+With several worker processes (`RECSYS_SERVING_WORKERS` > 1), `python -m serving` points
+prometheus_client's multiprocess folder at a fresh directory (`SHARED_METRICS_ENV`) before the
+workers start: every process writes its values there and `/metrics`, whichever worker answers,
+reports the sum over workers (counters, histograms) or the worst live value (gauges: the oldest
+item cache, any worker without Redis, the bundles in service). Our own variable says so, because
+importing Feast sets `PROMETHEUS_MULTIPROC_DIR` in every process, one worker or several.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+SHARED_METRICS_ENV = "RECSYS_SERVING_SHARED_METRICS_DIR"
+PROMETHEUS_DIR_ENVS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")  # both names are read
+
+
+def share_metrics_between_workers(directory: str) -> None:
+    """Before the workers start (they inherit the environment): one metrics folder for all."""
+    os.environ[SHARED_METRICS_ENV] = directory
+    for name in PROMETHEUS_DIR_ENVS:
+        os.environ[name] = directory
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -36,16 +55,32 @@ class ServingMetrics:
         self.events = Counter("recsys_events_total", "Events accepted by POST /events", ["outcome"], registry=r)
         self.model_info = Gauge("recsys_model_info", "Bundles loaded: 1 for those in service (one per "
                                 "distinct variant bundle), 0 for earlier ones",
-                                ["version"], registry=r)
+                                ["version"], registry=r, multiprocess_mode="livemax")
         self.reloads = Counter("recsys_model_reloads_total", "Bundle reload attempts", ["result"], registry=r)
-        self.redis_up = Gauge("recsys_online_store_up", "1 when Redis answered the last health check", registry=r)
+        self.redis_up = Gauge("recsys_online_store_up", "1 when Redis answered the last health check",
+                              registry=r, multiprocess_mode="livemin")
         self.item_cache_age = Gauge("recsys_item_cache_age_seconds", "Age of the item feature snapshot",
-                                    registry=r)
+                                    registry=r, multiprocess_mode="livemax")
         self.item_cache_refresh = Histogram("recsys_item_cache_refresh_seconds", "Item cache refresh duration",
                                             ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                                             registry=r)
         self.served_log = Counter("recsys_served_log_records_total", "Served-log records",
                                   ["outcome"], registry=r)  # queued | written | dropped | failed
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this app's registry, or every worker's values."""
+        shared = os.environ.get(SHARED_METRICS_ENV)
+        if shared:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=shared)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """This process stops serving: its live gauges leave the workers' aggregate."""
+        shared = os.environ.get(SHARED_METRICS_ENV)
+        if shared:
+            multiprocess.mark_process_dead(os.getpid(), path=shared)
 
     @contextmanager
     def time_stage(self, stage: str, timings: dict[str, float], endpoint: str = "recommendations") -> Iterator[None]:

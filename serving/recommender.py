@@ -383,7 +383,7 @@ class Recommender:
             item_ids = model.item_ids.to_ids(item_idx)
             with stage("features", timings):
                 items = self._item_inputs(model, plan, results, item_idx, item_ids)
-                pairs = self._pairs(results, users, request_of, items)
+                pairs = self._pairs(results, users, request_of, items, plan.blocks[PAIR].inputs)
             with stage("ranking", timings):
                 requests = self._request_columns(results, users)
                 matrix = plan.assemble(candidates, items.block, plan.blocks[REQUEST].rows(requests), request_of,
@@ -509,9 +509,10 @@ class Recommender:
         return taken
 
     def _pairs(self, results: list[Recommendation], users: list[dict[str, Any]], request_of: np.ndarray,
-               items: ItemInputs) -> Pairs:
+               items: ItemInputs, inputs: list[str]) -> Pairs:
         """The distinct (request, item category) pairs of the candidates, with their user x category
-        features (one round trip) and the user features the pair columns derive from."""
+        features (one round trip) and the user features among the pair block's `inputs` (the
+        denominator of the category share)."""
         width = len(items.category_names) + 1
         keys, pair_of = np.unique(request_of * width + items.category_codes + 1, return_inverse=True)
         pair_request, pair_code = keys // width, keys % width - 1
@@ -520,7 +521,7 @@ class Recommender:
         affinity = [next(values) if c >= 0 else {} for c in pair_code]
         columns = {column: self.online.as_array(column, [a.get(column) for a in affinity])
                    for column in self.user_category_columns}
-        for column in self.user_columns:
+        for column in set(inputs) & set(self.user_columns):
             columns[column] = self.online.as_array(column, [users[r].get(column) for r in pair_request])
         return Pairs(pair_of.reshape(-1), columns)
 

@@ -12,6 +12,7 @@ Background threads (all daemons, stopped by `stop()`):
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from functools import partial
@@ -43,10 +44,7 @@ class Services:
         self.store = make_feature_store(settings)
         self.online = OnlineFeatures(self.store)
         self.health = StoreHealth()
-        self.metrics.redis_up.set_function(lambda: 1.0 if self.health.available else 0.0)
         self.cache = ItemFeatureCache(self.online, settings, on_refresh=self._cache_refreshed)
-        self.metrics.item_cache_age.set_function(
-            lambda: self.cache.snapshot.age() if self.cache.snapshot is not None else float("nan"))
         self.candidates = settings.candidate_overrides()
         self._catalog_lock = threading.Lock()
         self.variants = VariantRouter(settings.experiment, settings.variant_bundles(), self._make_holder)
@@ -108,6 +106,7 @@ class Services:
 
     def start(self) -> None:
         self.check_store()
+        self.update_gauges()
         self.variants.check()
         self.variants.start(self.settings.reload_interval_s)
         self.cache.start()
@@ -123,6 +122,7 @@ class Services:
         self.served_log.close()
         if self._health_thread is not None:
             self._health_thread.join(timeout=5)
+        self.metrics.close()
 
     def check_store(self) -> bool:
         if self.online.ping():
@@ -137,8 +137,16 @@ class Services:
                 was_available = self.health.available
                 if self.check_store() and not was_available and self.cache.snapshot is None:
                     threading.Thread(target=self._retry_cache, daemon=True).start()
+                self.update_gauges()
             except Exception:  # noqa: BLE001 - the health check must never die
                 log.exception("health check failed")
+
+    def update_gauges(self) -> None:
+        """Set the state gauges (Redis up, item cache age): after each health check and before
+        `/metrics` answers (values, not callbacks: they must reach other workers' scrapes too)."""
+        self.metrics.redis_up.set(1.0 if self.health.available else 0.0)
+        snapshot = self.cache.snapshot
+        self.metrics.item_cache_age.set(snapshot.age() if snapshot is not None else float("nan"))
 
     def _retry_cache(self) -> None:
         try:
@@ -163,6 +171,7 @@ class Services:
             "variants": self.variants.describe(),
             "redis_reachable": redis_ok,
             "item_cache_age_s": round(snapshot.age(), 3) if snapshot else None,
+            "worker_pid": os.getpid(),
             "details": {k: v for k, v in {"model_error": self._model_error(),
                                           "redis_error": self.health.last_error,
                                           "item_cache_error": self.cache.last_error}.items() if v},

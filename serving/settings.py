@@ -83,6 +83,9 @@ class ServingSettings(BaseSettings):
     log_level: str = "info"
     num_threads: int = Field(1, ge=1, description="torch / FAISS threads per request (the process "
                                                   "serves requests from a thread pool)")
+    workers: int = Field(1, ge=1, description="server processes (uvicorn workers) sharing the port, each with "
+                                              "its own bundle, item cache and batcher: one Python process "
+                                              "computes on one core at a time; metrics cover all of them")
 
     # -- where things are -----------------------------------------------------------------------
     feature_repo: Path = Field(default_factory=lambda: get_training_settings().repo_root,

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.api.deps import ServicesDep
 from serving.api.errors import ServingError
@@ -30,7 +30,8 @@ def readyz(services: ServicesDep):
 @router.get("/metrics", response_class=Response)
 def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics: requests and latency per endpoint, latency per stage, fallbacks, reloads."""
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    services.update_gauges()
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/model", response_model=ModelResponse, responses={503: {"model": ErrorResponse}})

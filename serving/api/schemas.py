@@ -116,4 +116,5 @@ class Readiness(BaseModel):
     variants: dict[str, VariantInfo] | None = Field(None, description="per A/B variant (null without an experiment)")
     redis_reachable: bool
     item_cache_age_s: float | None
+    worker_pid: int = Field(description="the server process that answered (one of RECSYS_SERVING_WORKERS)")
     details: dict[str, Any] = Field(default_factory=dict)
