@@ -13,6 +13,7 @@ log), loads the bundle and starts the background threads; shutdown stops them an
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -64,6 +65,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.gil_switch_interval_ms is not None:
+            sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         services = Services(settings)
         app.state.services = services
         services.start()

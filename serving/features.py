@@ -370,6 +370,9 @@ class ItemFeatureCache:
         self.batch_size = settings.item_cache_batch_size
         self.pause_s = settings.item_cache_pause_s
         self.on_refresh = on_refresh  # (outcome, seconds), for metrics
+        # Called with each new snapshot before it is installed, in the thread that read it (tables
+        # derived from the snapshot are built there, not by the first request that needs them).
+        self.on_snapshot: Callable[[ItemSnapshot], None] | None = None
         self.snapshot: ItemSnapshot | None = None
         self.wanted: np.ndarray | None = None  # the catalog the snapshot must cover
         self.last_error: str | None = None
@@ -399,9 +402,17 @@ class ItemFeatureCache:
             keys = self.online.redis_keys("item_id", item_ids)
             stamps = self.online.write_stamps(self.online.item_views, keys, STAMP_BATCH, self.pause_s)
             snapshot = ItemSnapshot(item_ids, self._fetch(item_ids), stamps, started, keys)
-            self.snapshot = snapshot
+            self._install(snapshot)
             self.last_error = None
             return snapshot
+
+    def _install(self, snapshot: ItemSnapshot) -> None:
+        if self.on_snapshot is not None:
+            try:
+                self.on_snapshot(snapshot)
+            except Exception:  # noqa: BLE001 - a request builds what is missing
+                log.exception("preparing tables of a new item snapshot failed")
+        self.snapshot = snapshot
 
     def ensure(self, item_ids: np.ndarray) -> None:
         """Make the snapshot cover exactly `item_ids` (a new bundle's catalog) before it serves.
@@ -443,7 +454,7 @@ class ItemFeatureCache:
                 for col, values in fresh.items():
                     columns[col][changed] = values
             derived = snapshot.derived if not changed.size else {}
-            self.snapshot = ItemSnapshot(snapshot.item_ids, columns, stamps, started, snapshot.keys, derived)
+            self._install(ItemSnapshot(snapshot.item_ids, columns, stamps, started, snapshot.keys, derived))
             self.last_error = None
             return int(changed.size)
 

@@ -36,7 +36,7 @@ import pandas as pd
 from starlette.concurrency import run_in_threadpool
 
 from serving.features import (
-    IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemFeatureCache, OnlineFeatures, OnlineStoreUnavailable,
+    IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemFeatureCache, ItemSnapshot, OnlineFeatures, OnlineStoreUnavailable,
 )
 from serving.experiment import VariantRouter
 from serving.metrics import ServingMetrics
@@ -480,10 +480,18 @@ class Recommender:
                      item_idx: np.ndarray, item_ids: np.ndarray) -> ItemInputs:
         snapshot = self.cache.snapshot
         if self.item_feature_source == "cache" and snapshot is not None and self.cache.fresh():
-            table = snapshot.derive(("ranker-items", model.version),
-                                    lambda snap: ItemTable.build(snap, model.item_ids.ids, plan.blocks[ITEM]))
-            return table.take(item_idx)
+            return self.item_table(snapshot, model).take(item_idx)
         return ItemInputs.from_columns(self._item_features(results, item_ids), plan.blocks[ITEM])
+
+    def item_table(self, snapshot: ItemSnapshot, model: LoadedModel) -> ItemTable:
+        """`model`'s catalog over `snapshot` with its ranker item block (built once per pair)."""
+        return snapshot.derive(("ranker-items", model.version),
+                               lambda snap: ItemTable.build(snap, model.item_ids.ids, self.plan(model).blocks[ITEM]))
+
+    def prepare_snapshot(self, snapshot: ItemSnapshot, models: list[LoadedModel] | None = None) -> None:
+        """Build the item tables of `models` (default: the bundles in service) over a new snapshot."""
+        for model in self.variants.loaded_models() if models is None else models:
+            self.item_table(snapshot, model)
 
     def _item_features(self, results: list[Recommendation], item_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Item features read per request: the naive path (`item_feature_source=online`, through

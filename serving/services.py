@@ -59,6 +59,7 @@ class Services:
                                        self.metrics, self.served_log, settings.cold_start_candidates,
                                        settings.item_feature_source, settings.max_batch,
                                        settings.batch_workers, settings.num_threads, settings.max_pending)
+        self.cache.on_snapshot = self.recommender.prepare_snapshot
         self.events = EventIngestor(self.online, settings.events_dir, get_training_settings().recent_history_length)
         self.inflight = 0  # recommendation requests admitted and not answered (event-loop only)
         self._stop = threading.Event()
@@ -80,6 +81,8 @@ class Services:
         item cache must cover its catalog."""
         self.recommender.plan(model)
         self._cover_catalogs(model, replacing=bundle)
+        if self.cache.snapshot is not None:
+            self.recommender.prepare_snapshot(self.cache.snapshot, [model])
 
     def _cover_catalogs(self, incoming: LoadedModel | None = None, replacing: str | None = None) -> None:
         """Make the item cache cover the catalogs of every bundle in service (plus `incoming`,

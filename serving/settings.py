@@ -83,6 +83,9 @@ class ServingSettings(BaseSettings):
     log_level: str = "info"
     num_threads: int = Field(1, ge=1, description="torch / FAISS threads per request (the process "
                                                   "serves requests from a thread pool)")
+    gil_switch_interval_ms: float | None = Field(
+        None, gt=0, description="Python's thread switch interval (default 5 ms): lower lets the event loop take "
+                                "new requests sooner while a batch computes, at some switching cost")
     workers: int = Field(1, ge=1, description="server processes (uvicorn workers) sharing the port, each with "
                                               "its own bundle, item cache and batcher: one Python process "
                                               "computes on one core at a time; metrics cover all of them")
