@@ -9,9 +9,11 @@ rows (2M-event benchmark), the conversion and the write cost ~37 s of a 95 s mat
 store) into exactly the same Redis hashes, faster:
 
 - every cell is serialized by Feast's own `python_values_to_proto_values`, once per distinct value
-  of its column (counts, categories and timestamps repeat a lot), and mapped back to rows with
-  numpy; DOUBLE columns without nulls, mostly distinct, are written with numpy as the bytes of
-  `ValueProto(double_val=x)` directly (field 5, fixed64: 0x29 + 8 little-endian bytes);
+  of its column (counts, categories repeat a lot), and mapped back to rows with numpy; the mostly
+  distinct ones are built directly and checked (below): DOUBLE with numpy as the bytes of
+  `ValueProto(double_val=x)` (field 5, fixed64: 0x29 + 8 little-endian bytes; NaN/null is the
+  empty ValueProto, as Feast's `pd.isnull` test gives), INT64_LIST as `ValueProto(int64_list_val)`,
+  event timestamps as `Timestamp(seconds, nanos)`;
 - Redis keys are Feast's `serialize_entity_key` layout, built per column (INT64 keys with numpy);
 - a Lua script writes a batch of entities per call, keeping Feast's rule that a row never
   overwrites a stored row with the same or a newer event timestamp (pushed real-time values may
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any, Literal
 
 import numpy as np
@@ -145,7 +147,7 @@ class FastRedisOnlineStore(RedisOnlineStore):
 
 
 class _Layout:
-    """What one view's rows become in Redis: key parts, hash fields, value types."""
+    """What one view's rows become in Redis: key prefix, hash field names, value types."""
 
     def __init__(self, config: RepoConfig, view: FeatureView):
         name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)

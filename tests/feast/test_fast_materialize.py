@@ -133,6 +133,8 @@ def test_online_values_equal_latest_offline_rows_for_every_view(world):
             elif name == "last_event_timestamp":  # Feast keeps UnixTimestamp values in whole seconds
                 assert (pd.to_datetime(pd.Series(expected), utc=True).dt.floor("s").tolist()
                         == pd.to_datetime(pd.Series(got), utc=True).tolist()), view
+            elif latest[name].dtype == object:
+                assert [None if pd.isna(v) else v for v in got] == [None if pd.isna(v) else v for v in expected], name
             else:
                 pd.testing.assert_series_equal(pd.Series(got, dtype=float), pd.Series(expected, dtype=float),
                                                check_names=False, obj=f"{view}:{name}")
