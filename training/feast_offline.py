@@ -19,8 +19,11 @@ CPU at 1M rows. The price: all rows of one key meet in one task, as in the windo
 
 Everything stays in Spark, so it runs on a cluster like the built-in. Select it in
 feature_store.yaml with `offline_store.type: training.feast_offline.AsofSparkOfflineStore`.
-Everything but `get_historical_features` (materialization included) is inherited unchanged, and
-requests this join does not cover fall back to the built-in (see `_unsupported`).
+Requests this join does not cover fall back to the built-in (see `_unsupported`).
+
+Materialization's latest-row query (`pull_latest_from_table_or_query`) is the built-in one; only
+its result is collected with Spark's `toArrow()` instead of the built-in `toPandas()` followed by
+`pyarrow.Table.from_pandas` (measured 2.6 s instead of 7.6 s for 34k latest rows of 1.5M).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pandas as pd
+import pyarrow
 import pyspark.sql
 from feast import FeatureView, OnDemandFeatureView
 from feast.batch_feature_view import BatchFeatureView
@@ -44,6 +48,7 @@ from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
     get_spark_session_or_start_new_with_repoconfig,
 )
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+from feast.data_source import DataSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.infra.offline_stores.offline_utils import FeatureViewQueryContext
 from feast.infra.registry.base_registry import BaseRegistry
@@ -66,7 +71,28 @@ class AsofSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     type: StrictStr = STORE_TYPE
 
 
+class ArrowSparkRetrievalJob(SparkRetrievalJob):
+    """The built-in job, collected straight to Arrow (no pandas round trip)."""
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pyarrow.Table:
+        if self._should_use_staging_for_arrow():
+            return self._to_arrow_via_staging()
+        return self.to_spark_df().toArrow()
+
+
 class AsofSparkOfflineStore(SparkOfflineStore):
+    @staticmethod
+    def pull_latest_from_table_or_query(config: RepoConfig, data_source: DataSource, join_key_columns: list[str],
+                                        feature_name_columns: list[str], timestamp_field: str,
+                                        created_timestamp_column: str | None, start_date: datetime,
+                                        end_date: datetime) -> RetrievalJob:
+        job = SparkOfflineStore.pull_latest_from_table_or_query(
+            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+            created_timestamp_column, start_date, end_date)
+        assert isinstance(job, SparkRetrievalJob)
+        return ArrowSparkRetrievalJob(spark_session=job.spark_session, query=job.query, config=config,
+                                      full_feature_names=False, on_demand_feature_views=None)
+
     @staticmethod
     def get_historical_features(
         config: RepoConfig,
