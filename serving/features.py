@@ -257,13 +257,16 @@ class OnlineFeatures:
         except Exception:  # noqa: BLE001
             return False
 
-    def redis_keys(self, join_keys: str | Sequence[str], entities: Sequence[Any]) -> list[bytes]:
+    def redis_keys(self, join_keys: str | Sequence[str], entities: Sequence[Any], cache: bool = True) -> list[bytes]:
         """The Redis hash keys Feast uses for these entities (this project). With one join key
-        (a string) `entities` are its values; otherwise tuples in `join_keys` order."""
+        (a string) `entities` are its values; otherwise tuples in `join_keys` order. `cache=False`
+        for one-off bulk lookups (a catalog snapshot keeps its keys), which would otherwise push the
+        request path's users and pairs out of the key cache."""
         if isinstance(join_keys, str):
             join_keys, entities = (join_keys,), [(value,) for value in entities]
         join_keys = tuple(join_keys)
-        return [self._redis_key(join_keys, tuple(entity)) for entity in entities]
+        key = self._redis_key if cache else self._redis_key_uncached
+        return [key(join_keys, tuple(entity)) for entity in entities]
 
     def _redis_key_uncached(self, join_keys: tuple[str, ...], entity: tuple) -> bytes:
         proto = EntityKeyProto(join_keys=list(join_keys), entity_values=[_value_proto(v) for v in entity])
@@ -399,7 +402,7 @@ class ItemFeatureCache:
         item_ids = np.asarray(item_ids, dtype=np.int64)
         with self._lock:
             started = time.time()
-            keys = self.online.redis_keys("item_id", item_ids)
+            keys = self.online.redis_keys("item_id", item_ids, cache=False)
             stamps = self.online.write_stamps(self.online.item_views, keys, STAMP_BATCH, self.pause_s)
             snapshot = ItemSnapshot(item_ids, self._fetch(item_ids), stamps, started, keys)
             self._install(snapshot)
