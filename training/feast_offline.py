@@ -21,8 +21,10 @@ Everything stays in Spark, so it runs on a cluster like the built-in. Select it 
 feature_store.yaml with `offline_store.type: training.feast_offline.AsofSparkOfflineStore`.
 Requests this join does not cover fall back to the built-in (see `_unsupported`).
 
-Materialization's latest-row query (`pull_latest_from_table_or_query`) is the built-in one; only
-its result is collected with Spark's `toArrow()` instead of the built-in `toPandas()` followed by
+Materialization's latest-row query (`pull_latest_from_table_or_query`) is the built-in one, run by
+DuckDB in-process when the source is local parquet and Spark runs in local mode
+(`materialization_reader: auto`, see training/feast_local_read.py). On Spark, its result is
+collected with `toArrow()` instead of the built-in `toPandas()` followed by
 `pyarrow.Table.from_pandas` (measured 2.6 s instead of 7.6 s for 34k latest rows of 1.5M).
 """
 
@@ -31,7 +33,8 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import pandas as pd
 import pyarrow
@@ -54,6 +57,8 @@ from feast.infra.offline_stores.offline_utils import FeatureViewQueryContext
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from pydantic import StrictStr
+
+from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir, spark_is_local
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -69,6 +74,9 @@ class AsofSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     """Same options as the Spark store; Feast finds it as `<store class>Config` in this module."""
 
     type: StrictStr = STORE_TYPE
+    materialization_reader: Literal["auto", "spark", "duckdb"] = "auto"
+    """Who reads the latest rows for `feast materialize`: `auto` is DuckDB for local parquet sources
+    when `spark.master` is local, else Spark; `duckdb` insists (an error for other sources)."""
 
 
 class ArrowSparkRetrievalJob(SparkRetrievalJob):
@@ -86,6 +94,11 @@ class AsofSparkOfflineStore(SparkOfflineStore):
                                         feature_name_columns: list[str], timestamp_field: str,
                                         created_timestamp_column: str | None, start_date: datetime,
                                         end_date: datetime) -> RetrievalJob:
+        local = _local_reader_path(config, data_source)
+        if local is not None:
+            assert isinstance(data_source, SparkSource)
+            return DuckDBLatestRowsJob(local, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                                       created_timestamp_column, start_date, end_date)
         job = SparkOfflineStore.pull_latest_from_table_or_query(
             config, data_source, join_key_columns, feature_name_columns, timestamp_field,
             created_timestamp_column, start_date, end_date)
@@ -130,6 +143,21 @@ class AsofSparkOfflineStore(SparkOfflineStore):
                                                                     if c not in (ts_col, _ETS)],
                                        min_event_timestamp=bounds[0], max_event_timestamp=bounds[1]),
         )
+
+
+def _local_reader_path(config: RepoConfig, source: DataSource) -> Path | None:
+    """The source's local path when DuckDB should read its latest rows, else None (Spark)."""
+    store = config.offline_store
+    reader = getattr(store, "materialization_reader", "spark")
+    if reader == "spark":
+        return None
+    path = local_parquet_dir(source)
+    if reader == "duckdb" and path is None:
+        raise ValueError(f"materialization_reader: duckdb reads local parquet sources only; "
+                         f"{source.name} is not one (use auto or spark)")
+    if reader == "auto" and not spark_is_local(store.spark_conf):
+        return None
+    return path
 
 
 def _unsupported(feature_views: list[FeatureView], feature_refs: list[str], entity_df: Any,

@@ -1,7 +1,8 @@
-"""The fast materialization path (ArrowMaterializationEngine + FastRedisOnlineStore, as shipped in
-feature_store.yaml) on the real stack: generated data with some null cells, the real Spark, Redis
-and `feast` CLI. It must leave Redis byte for byte as Feast's built-in engine and Redis store do,
-never overwrite a newer (pushed) row, and work incrementally."""
+"""The fast materialization path (DuckDB latest-row reads, ArrowMaterializationEngine and
+FastRedisOnlineStore, as shipped in feature_store.yaml) on the real stack: generated data with some
+null cells, the real Spark, Redis and `feast` CLI. It must leave Redis byte for byte as Feast's
+built-in path (Spark's latest-row query, local engine, Redis store) does, never overwrite a newer
+(pushed) row, and work incrementally."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from feast import RepoConfig
 from feast.data_source import PushMode
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
 from tests.conftest import utc
 from training import feast_repo
+from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir
+from training.feast_offline import AsofSparkOfflineStore
 from training.data.synthetic import GeneratorConfig, generate
 from training.environment import redis_client, redis_reachable
 from training.features.pipeline import run_feature_pipeline
@@ -47,9 +52,10 @@ def _with_nulls(table_dir: Path, nulls: dict[str, int]) -> None:
 
 
 def _builtin_config(repo: Path) -> None:
-    """Feast's own engine and Redis store, for comparison."""
+    """Spark's latest-row query, Feast's own engine and Redis store, for comparison."""
     path = repo / "feature_store.yaml"
     config = yaml.safe_load(path.read_text())
+    config["offline_store"]["materialization_reader"] = "spark"
     config["batch_engine"] = {"type": "local"}
     config["online_store"] = {"type": "redis", "connection_string": config["online_store"]["connection_string"]}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -100,6 +106,45 @@ def test_fast_path_leaves_redis_exactly_as_feasts_own_path(world):
                 for row in _latest(settings, view)[["user_id"]].itertuples(index=False)}
     assert len(fast) >= len(entities) > 100
     assert fast == builtin
+
+
+@pytest.mark.parametrize("view", list(VIEW_KEYS))
+def test_duckdb_latest_rows_equal_sparks_within_date_bounds(world, view):
+    settings, repos, _ = world
+    fs = feast_repo.feature_store(repos["builtin"])
+    assert fs.config.offline_store.materialization_reader == "spark"
+    fv = fs.get_feature_view(view)
+    times = pd.read_parquet(settings.features_dir / view, columns=["event_timestamp"])["event_timestamp"]
+    # Bounds inside the data, so the timestamp and date partition filters both matter.
+    start = (times.min() + pd.Timedelta(days=2)).to_pydatetime()
+    end = (times.max() - pd.Timedelta(days=2, hours=6)).to_pydatetime()
+    args = (list(VIEW_KEYS[view]), [f.name for f in fv.features], fv.batch_source.timestamp_field,
+            fv.batch_source.created_timestamp_column or None, start, end)
+    spark = AsofSparkOfflineStore.pull_latest_from_table_or_query(fs.config, fv.batch_source, *args).to_arrow()
+    duck = DuckDBLatestRowsJob(local_parquet_dir(fv.batch_source), fv.batch_source, *args).to_arrow()
+    assert duck.schema.names == spark.schema.names
+    assert duck.column("event_timestamp").type == spark.column("event_timestamp").type
+    order = [(k, "ascending") for k in VIEW_KEYS[view]]
+    expected, got = spark.sort_by(order).to_pandas(), duck.sort_by(order).to_pandas()
+    assert len(got) > 0
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    assert got["event_timestamp"].between(start, end).all()
+
+
+def test_duckdb_reader_is_refused_for_a_source_it_cannot_read(world):
+    _, repos, _ = world
+    fs = feast_repo.feature_store(repos["fast"])
+    assert fs.config.offline_store.materialization_reader == "auto"
+    table_source = SparkSource(name="warehouse_table", table="db.user_daily", timestamp_field="event_timestamp")
+    assert local_parquet_dir(table_source) is None
+    assert local_parquet_dir(SparkSource(name="s3", path="s3a://bucket/user_daily", file_format="parquet",
+                                         timestamp_field="event_timestamp")) is None
+    config = yaml.safe_load((repos["fast"] / "feature_store.yaml").read_text())
+    config["offline_store"]["materialization_reader"] = "duckdb"
+    config = RepoConfig(**config, repo_path=repos["fast"])
+    with pytest.raises(ValueError, match="warehouse_table is not one"):
+        AsofSparkOfflineStore.pull_latest_from_table_or_query(config, table_source, ["user_id"], ["x"],
+                                                              "event_timestamp", None, START, END)
 
 
 def test_null_cells_read_back_as_none_like_feasts_own_path(world):
