@@ -16,6 +16,10 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	@# Bytecode for python -O, which the data-moving feast commands run under (training/feast_repo.py);
+	@# compiled here because environments with PYTHONDONTWRITEBYTECODE never cache it. Files some
+	@# packages ship for other Python versions fail to compile; that is expected.
+	-$(PY) -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null 2>&1
 	touch $@
 
 install: $(INSTALLED)

@@ -105,6 +105,9 @@ def main(
         stages[f"feast apply{suffix}"] = [feast_repo.feast_executable(), "-c", str(repo), "apply"]
         stages[f"feast materialize{suffix}"] = [feast_repo.feast_executable(), "-c", str(repo), "materialize",
                                                 "1970-01-01T00:00:00", "2100-01-01T00:00:00"]
+    # As the project runs them (training/feast_repo.py): data-moving commands under python -O.
+    envs = {name: feast_repo.feast_env(command[3], env) if name.startswith("feast") else env
+            for name, command in stages.items()}
     table = Table(title=f"Offline chain, {events:,} events, {users:,} users, {items:,} items, {days} days")
     for column in ("stage", "wall s", "peak GiB", "throughput"):
         table.add_column(column, justify="right" if column != "stage" else "left")
@@ -112,7 +115,7 @@ def main(
     try:
         for name, command in stages.items():
             console.print(f"running {name} ...")
-            seconds, peak = run_measured(command, env, root)
+            seconds, peak = run_measured(command, envs[name], root)
             total += 0 if "reader)" in name else seconds
             note = ""
             if name in ("generate", "features (Spark)"):
@@ -126,9 +129,10 @@ def main(
         console.print(table)
     finally:
         for repo, _ in repos:
-            subprocess.run([feast_repo.feast_executable(), "-c", str(repo), "teardown"], env=env, cwd=repo,
-                           capture_output=True)
+            subprocess.run([feast_repo.feast_executable(), "-c", str(repo), "teardown"],
+                           env=feast_repo.feast_env("teardown", env), cwd=repo, capture_output=True)
             shutil.rmtree(repo, ignore_errors=True)
+            shutil.rmtree(root / f"registry_{repo.name}", ignore_errors=True)
         if not keep and not reuse:
             shutil.rmtree(root, ignore_errors=True)
 
