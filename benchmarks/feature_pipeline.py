@@ -8,7 +8,7 @@ included) per stage, and materialization throughput in entity rows written to Re
 
 `--workdir DIR --keep` keeps the generated world; `--reuse` then starts at `feast apply`.
 `--spark-reader` materializes a second time into a project of its own with Spark's latest-row
-query (`materialization_reader: spark`), so the two readers are compared in one run.
+query (`local_source_reader: spark`), so the two readers are compared in one run.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _repo(root: Path, name: str, data_dir: Path, reader: str) -> tuple[Path, str
     repo = feast_repo.make_isolated_repo(root / name, project, root / f"registry_{name}")
     path = repo / "feature_store.yaml"
     config = yaml.safe_load(path.read_text())
-    config["offline_store"]["materialization_reader"] = reader
+    config["offline_store"]["local_source_reader"] = reader
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return repo, reader
 

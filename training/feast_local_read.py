@@ -1,4 +1,5 @@
-"""Materialization's latest-row read of local parquet sources, with DuckDB instead of Spark.
+"""Reads of local parquet sources that need no Spark: materialization's latest rows (DuckDB) and
+`feast apply`'s source check (the parquet schema, with pyarrow).
 
 `feast materialize` asks the offline store for the latest row per entity key of each view
 (`pull_latest_from_table_or_query`). The Spark store answers with a ROW_NUMBER window, which on
@@ -25,7 +26,9 @@ from urllib.parse import urlparse
 import duckdb
 import pandas as pd
 import pyarrow
+import pyarrow.dataset
 from feast.data_source import DataSource
+from feast.errors import DataSourceNotFoundException
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
@@ -43,6 +46,18 @@ def local_parquet_dir(source: DataSource) -> Path | None:
     if parsed.scheme not in ("", "file"):
         return None
     return Path(parsed.path if parsed.scheme else source.path)
+
+
+def local_parquet_schema(path: Path) -> pyarrow.Schema:
+    """The schema of the parquet files under `path` (hive partitions included); like the Spark
+    source's check, DataSourceNotFoundException when there is nothing readable there."""
+    try:
+        schema = pyarrow.dataset.dataset(path, format="parquet", partitioning="hive").schema
+    except (OSError, pyarrow.ArrowInvalid) as error:  # FileNotFoundError is an OSError
+        raise DataSourceNotFoundException(str(path)) from error
+    if not schema.names:
+        raise DataSourceNotFoundException(str(path))
+    return schema
 
 
 def spark_is_local(spark_conf: dict[str, str] | None) -> bool:

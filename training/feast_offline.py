@@ -23,7 +23,9 @@ Requests this join does not cover fall back to the built-in (see `_unsupported`)
 
 Materialization's latest-row query (`pull_latest_from_table_or_query`) is the built-in one, run by
 DuckDB in-process when the source is local parquet and Spark runs in local mode
-(`materialization_reader: auto`, see training/feast_local_read.py). On Spark, its result is
+(`local_source_reader: auto`, see training/feast_local_read.py); `feast apply`'s check that each
+source can be read reads such a source's parquet schema with pyarrow, so neither command starts a
+JVM (~6 s here) for a few local files. On Spark, the latest rows are
 collected with `toArrow()` instead of the built-in `toPandas()` followed by
 `pyarrow.Table.from_pandas` (measured 2.6 s instead of 7.6 s for 34k latest rows of 1.5M).
 """
@@ -58,7 +60,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from pydantic import StrictStr
 
-from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir, spark_is_local
+from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir, local_parquet_schema, spark_is_local
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -74,9 +76,10 @@ class AsofSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     """Same options as the Spark store; Feast finds it as `<store class>Config` in this module."""
 
     type: StrictStr = STORE_TYPE
-    materialization_reader: Literal["auto", "spark", "duckdb"] = "auto"
-    """Who reads the latest rows for `feast materialize`: `auto` is DuckDB for local parquet sources
-    when `spark.master` is local, else Spark; `duckdb` insists (an error for other sources)."""
+    local_source_reader: Literal["auto", "spark", "duckdb"] = "auto"
+    """Who reads a source for `feast materialize` (its latest rows) and `feast apply` (its schema
+    check): `auto` is DuckDB / pyarrow in-process for local parquet sources when `spark.master` is
+    local, else Spark; `duckdb` insists (an error for other sources). Point-in-time joins are Spark's."""
 
 
 class ArrowSparkRetrievalJob(SparkRetrievalJob):
@@ -105,6 +108,13 @@ class AsofSparkOfflineStore(SparkOfflineStore):
         assert isinstance(job, SparkRetrievalJob)
         return ArrowSparkRetrievalJob(spark_session=job.spark_session, query=job.query, config=config,
                                       full_feature_names=False, on_demand_feature_views=None)
+
+    def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
+        local = _local_reader_path(config, data_source)
+        if local is None:
+            super().validate_data_source(config, data_source)
+        else:
+            local_parquet_schema(local)
 
     @staticmethod
     def get_historical_features(
@@ -148,12 +158,12 @@ class AsofSparkOfflineStore(SparkOfflineStore):
 def _local_reader_path(config: RepoConfig, source: DataSource) -> Path | None:
     """The source's local path when DuckDB should read its latest rows, else None (Spark)."""
     store = config.offline_store
-    reader = getattr(store, "materialization_reader", "spark")
+    reader = getattr(store, "local_source_reader", "spark")
     if reader == "spark":
         return None
     path = local_parquet_dir(source)
     if reader == "duckdb" and path is None:
-        raise ValueError(f"materialization_reader: duckdb reads local parquet sources only; "
+        raise ValueError(f"local_source_reader: duckdb reads local parquet sources only; "
                          f"{source.name} is not one (use auto or spark)")
     if reader == "auto" and not spark_is_local(store.spark_conf):
         return None

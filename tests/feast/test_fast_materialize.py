@@ -55,7 +55,7 @@ def _builtin_config(repo: Path) -> None:
     """Spark's latest-row query, Feast's own engine and Redis store, for comparison."""
     path = repo / "feature_store.yaml"
     config = yaml.safe_load(path.read_text())
-    config["offline_store"]["materialization_reader"] = "spark"
+    config["offline_store"]["local_source_reader"] = "spark"
     config["batch_engine"] = {"type": "local"}
     config["online_store"] = {"type": "redis", "connection_string": config["online_store"]["connection_string"]}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -112,7 +112,7 @@ def test_fast_path_leaves_redis_exactly_as_feasts_own_path(world):
 def test_duckdb_latest_rows_equal_sparks_within_date_bounds(world, view):
     settings, repos, _ = world
     fs = feast_repo.feature_store(repos["builtin"])
-    assert fs.config.offline_store.materialization_reader == "spark"
+    assert fs.config.offline_store.local_source_reader == "spark"
     fv = fs.get_feature_view(view)
     times = pd.read_parquet(settings.features_dir / view, columns=["event_timestamp"])["event_timestamp"]
     # Bounds inside the data, so the timestamp and date partition filters both matter.
@@ -134,17 +134,31 @@ def test_duckdb_latest_rows_equal_sparks_within_date_bounds(world, view):
 def test_duckdb_reader_is_refused_for_a_source_it_cannot_read(world):
     _, repos, _ = world
     fs = feast_repo.feature_store(repos["fast"])
-    assert fs.config.offline_store.materialization_reader == "auto"
+    assert fs.config.offline_store.local_source_reader == "auto"
     table_source = SparkSource(name="warehouse_table", table="db.user_daily", timestamp_field="event_timestamp")
     assert local_parquet_dir(table_source) is None
     assert local_parquet_dir(SparkSource(name="s3", path="s3a://bucket/user_daily", file_format="parquet",
                                          timestamp_field="event_timestamp")) is None
     config = yaml.safe_load((repos["fast"] / "feature_store.yaml").read_text())
-    config["offline_store"]["materialization_reader"] = "duckdb"
+    config["offline_store"]["local_source_reader"] = "duckdb"
     config = RepoConfig(**config, repo_path=repos["fast"])
     with pytest.raises(ValueError, match="warehouse_table is not one"):
         AsofSparkOfflineStore.pull_latest_from_table_or_query(config, table_source, ["user_id"], ["x"],
                                                               "event_timestamp", None, START, END)
+
+
+def test_apply_checks_local_sources_without_spark(world, tmp_path):
+    from feast.errors import DataSourceNotFoundException
+
+    settings, repos, _ = world
+    fs = feast_repo.feature_store(repos["fast"])
+    store = AsofSparkOfflineStore()
+    store.validate_data_source(fs.config, fs.get_feature_view("user_daily").batch_source)  # readable: no error
+    (tmp_path / "empty").mkdir()
+    for missing in (tmp_path / "no_such_table", tmp_path / "empty"):
+        source = SparkSource(name="missing", path=str(missing), file_format="parquet", timestamp_field="event_timestamp")
+        with pytest.raises(DataSourceNotFoundException, match=str(missing)):
+            store.validate_data_source(fs.config, source)
 
 
 def test_null_cells_read_back_as_none_like_feasts_own_path(world):
