@@ -12,6 +12,7 @@ log), loads the bundle and starts the background threads; shutdown stops them an
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -60,6 +61,15 @@ class RequestMetrics:
                 services.metrics.latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - started)
 
 
+def _freeze_startup_objects() -> None:
+    """A full collection walks every tracked object: ~430k after importing Feast, torch and pandas,
+    measured at 260 ms here, during which the process answers nothing. What start-up built lives
+    as long as the process, so it is frozen (the use of gc.freeze Python's docs give for servers)."""
+    gc.collect()
+    gc.freeze()
+    log.info("%d start-up objects frozen out of garbage collection", gc.get_freeze_count())
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     settings = settings or get_serving_settings()
 
@@ -70,6 +80,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         services = Services(settings)
         app.state.services = services
         services.start()
+        if settings.gc_freeze:
+            _freeze_startup_objects()
         for variant, why in services.variants.problems().items():
             log.error("serving without a model for %s: %s", variant, why)
         try:

@@ -88,6 +88,9 @@ class ServingSettings(BaseSettings):
     gil_switch_interval_ms: float | None = Field(
         1.0, gt=0, description="Python's thread switch interval (None: Python's 5 ms). Lower lets the event loop "
                                "take new requests while a batch computes, at some switching cost")
+    gc_freeze: bool = Field(True, description="after start-up, move everything alive (Feast, torch, the bundle) out of "
+                                              "the cyclic garbage collector's sight (gc.freeze), so its full "
+                                              "collections walk only what requests allocate")
     workers: int = Field(1, ge=1, description="server processes (uvicorn workers) sharing the port, each with "
                                               "its own bundle, item cache and batcher: one Python process "
                                               "computes on one core at a time; metrics cover all of them")

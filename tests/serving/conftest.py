@@ -47,7 +47,7 @@ class World:
         values = dict(feature_repo=self.repo, models_dir=self.models_dir, events_dir=tmp / "events",
                       log_dir=tmp / "serving_logs", log_sample_rate=1.0, log_flush_s=0.2,
                       reload_interval_s=0.3, item_cache_refresh_s=1.0, health_check_interval_s=0.2,
-                      n_ann=100)
+                      n_ann=100, gc_freeze=False)  # a test process outlives many apps
         values.update(overrides)
         return ServingSettings(**values)
 

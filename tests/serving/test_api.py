@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -26,9 +27,10 @@ COLD_USER = 999_999_999
 @pytest.fixture(scope="module")
 def client(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving_api")
-    app = create_app(world.serving_settings(tmp))
+    app = create_app(world.serving_settings(tmp, gc_freeze=True))  # as served (the default)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,7 @@ def test_health_readiness_and_model(client, world):
     assert model["manifest"]["feature_service"] == "ranking"
     assert "user_daily__view_count_1d" in model["manifest"]["features"]
     assert client.get("/openapi.json").status_code == 200
+    assert gc.get_freeze_count() > 100_000  # start-up objects (Feast, torch, the bundle) left out of GC
 
 
 def test_recommendations_are_ranked_and_exclude_the_history(client, services, warm_users):
