@@ -19,7 +19,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	@# Bytecode for python -O, which the data-moving feast commands run under (training/feast_repo.py);
 	@# compiled here because environments with PYTHONDONTWRITEBYTECODE never cache it. Files some
 	@# packages ship for other Python versions fail to compile; that is expected.
-	-$(PY) -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null 2>&1
+	$(PY) -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null 2>&1 || true
 	touch $@
 
 install: $(INSTALLED)
