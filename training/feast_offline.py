@@ -59,10 +59,10 @@ from feast.infra.offline_stores.offline_utils import FeatureViewQueryContext
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from pydantic import StrictStr
-
-from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir, local_parquet_schema, spark_is_local
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir, local_parquet_schema, spark_is_local
 
 STORE_TYPE = "training.feast_offline.AsofSparkOfflineStore"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -156,7 +156,8 @@ class AsofSparkOfflineStore(SparkOfflineStore):
 
 
 def _local_reader_path(config: RepoConfig, source: DataSource) -> Path | None:
-    """The source's local path when DuckDB should read its latest rows, else None (Spark)."""
+    """The source's local path when it is read in-process (DuckDB's latest rows, pyarrow's schema
+    check), else None (Spark)."""
     store = config.offline_store
     reader = getattr(store, "local_source_reader", "spark")
     if reader == "spark":
