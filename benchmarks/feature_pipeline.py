@@ -13,6 +13,7 @@ query (`local_source_reader: spark`), so the two readers are compared in one run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -26,7 +27,6 @@ from pathlib import Path
 import duckdb
 import psutil
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -129,8 +129,8 @@ def main(
         console.print(table)
     finally:
         for repo, _ in repos:
-            subprocess.run([feast_repo.feast_executable(), "-c", str(repo), "teardown"],
-                           env=feast_repo.feast_env("teardown", env), cwd=repo, capture_output=True)
+            with contextlib.suppress(feast_repo.FeastCommandError):  # cleanup; the figures are printed
+                feast_repo.run_feast("teardown", repo_path=repo, env=env)
             shutil.rmtree(repo, ignore_errors=True)
             shutil.rmtree(root / f"registry_{repo.name}", ignore_errors=True)
         if not keep and not reuse:
@@ -141,10 +141,7 @@ def _repo(root: Path, name: str, data_dir: Path, reader: str) -> tuple[Path, str
     """An isolated Feast repo (own project and registry) over the shared feature tables."""
     project = f"recsys_bench_{uuid.uuid4().hex[:6]}"
     repo = feast_repo.make_isolated_repo(root / name, project, root / f"registry_{name}")
-    path = repo / "feature_store.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["offline_store"]["local_source_reader"] = reader
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    feast_repo.edit_config(repo, lambda config: config["offline_store"].update(local_source_reader=reader))
     return repo, reader
 
 

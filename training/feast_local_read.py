@@ -33,9 +33,6 @@ from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 
-ENGINES = ("auto", "spark", "duckdb")
-
-
 def local_parquet_dir(source: DataSource) -> Path | None:
     """The local directory or file of a plain parquet SparkSource, else None."""
     if not isinstance(source, SparkSource) or source.table or source.query or source.table_format:

@@ -6,8 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from feast import FeatureStore
@@ -68,6 +70,14 @@ def materialize_incremental(end: datetime, repo_path: Path | None = None,
 
 def feature_store(repo_path: Path | None = None) -> FeatureStore:
     return FeatureStore(repo_path=str(repo_path or get_settings().repo_root))
+
+
+def edit_config(repo: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `change` to the parsed feature_store.yaml of `repo` and write it back."""
+    path = repo / "feature_store.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def make_isolated_repo(target: Path, project: str, data_dir: Path) -> Path:

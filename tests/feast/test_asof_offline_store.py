@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from tests.conftest import utc, write_raw
 from tests.feast.test_feature_store import _hand_built_item_daily
@@ -33,10 +32,10 @@ STORES = {"builtin": "spark", "asof": STORE_TYPE}
 def _apply(root: Path, data_dir: Path, store: str) -> object:
     """An isolated project over `data_dir` with the given offline store type and its own registry."""
     repo = feast_repo.make_isolated_repo(root / f"repo_{store}", f"asof_test_{uuid.uuid4().hex[:8]}", data_dir)
-    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    config["offline_store"]["type"] = STORES[store]
-    config["registry"]["path"] = str(root / f"registry_{store}.db")
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    def with_store(config: dict) -> None:
+        config["offline_store"]["type"] = STORES[store]
+        config["registry"]["path"] = str(root / f"registry_{store}.db")
+    feast_repo.edit_config(repo, with_store)
     feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(data_dir)})
     return feast_repo.feature_store(repo)
 

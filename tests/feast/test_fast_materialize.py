@@ -53,12 +53,11 @@ def _with_nulls(table_dir: Path, nulls: dict[str, int]) -> None:
 
 def _builtin_config(repo: Path) -> None:
     """Spark's latest-row query, Feast's own engine and Redis store, for comparison."""
-    path = repo / "feature_store.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["offline_store"]["local_source_reader"] = "spark"
-    config["batch_engine"] = {"type": "local"}
-    config["online_store"] = {"type": "redis", "connection_string": config["online_store"]["connection_string"]}
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    def builtin(config: dict) -> None:
+        config["offline_store"]["local_source_reader"] = "spark"
+        config["batch_engine"] = {"type": "local"}
+        config["online_store"] = {"type": "redis", "connection_string": config["online_store"]["connection_string"]}
+    feast_repo.edit_config(repo, builtin)
 
 
 @pytest.fixture(scope="module")
