@@ -77,7 +77,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 async def run_load(host: str, port: int, paths: list[str], rate: float, duration: float,
                    timeout: float = 5.0, max_connections: int = 512) -> dict:
     """Open-loop load: request i is due at start + i / rate; its latency is measured from then."""
-    loop = asyncio.get_running_loop()
+    clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
     n = max(1, int(rate * duration))
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     waiters: asyncio.Queue = asyncio.Queue()
@@ -85,7 +85,7 @@ async def run_load(host: str, port: int, paths: list[str], rate: float, duration
     latencies: list[float] = []
     statuses: Counter = Counter()
     errors = Counter()
-    start = loop.time() + 0.2
+    start = clock() + 0.2
     finished_at = start
 
     async def connection():
@@ -110,7 +110,7 @@ async def run_load(host: str, port: int, paths: list[str], rate: float, duration
     async def one(i: int) -> None:
         nonlocal opened, finished_at
         scheduled = start + i / rate
-        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        await asyncio.sleep(max(0.0, scheduled - clock()))
         path = paths[i % len(paths)]
         conn = None
         request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
@@ -118,21 +118,21 @@ async def run_load(host: str, port: int, paths: list[str], rate: float, duration
             conn = await asyncio.wait_for(connection(), timeout)
             try:
                 conn[1].write(request)
-                status = await asyncio.wait_for(_read_response(conn[0]), max(0.01, scheduled + timeout - loop.time()))
+                status = await asyncio.wait_for(_read_response(conn[0]), max(0.01, scheduled + timeout - clock()))
             except (asyncio.IncompleteReadError, ConnectionError):
                 # A kept-alive connection the server closed while idle: resend once on a new one,
                 # as HTTP clients do (the time spent counts in the latency).
                 conn[1].close()
                 conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
                 conn[1].write(request)
-                status = await asyncio.wait_for(_read_response(conn[0]), max(0.01, scheduled + timeout - loop.time()))
+                status = await asyncio.wait_for(_read_response(conn[0]), max(0.01, scheduled + timeout - clock()))
             statuses[status] += 1
             if status == 200:
-                latencies.append(loop.time() - scheduled)
+                latencies.append(clock() - scheduled)
             else:
                 errors[f"http {status}"] += 1
             release(conn)
-            finished_at = max(finished_at, loop.time())
+            finished_at = max(finished_at, clock())
         except Exception as error:  # noqa: BLE001 - counted, never fatal
             errors[type(error).__name__] += 1
             if conn is not None:
@@ -153,17 +153,17 @@ async def run_load(host: str, port: int, paths: list[str], rate: float, duration
 
 async def run_sequential(host: str, port: int, paths: list[str], count: int, timeout: float = 30.0) -> dict:
     """Closed loop, one request at a time: the service time of the path, without queueing."""
-    loop = asyncio.get_running_loop()
+    clock = time.perf_counter
     reader, writer = await asyncio.open_connection(host, port)
     latencies, errors = [], Counter()
-    started = loop.time()
+    started = clock()
     for i in range(count):
-        sent = loop.time()
+        sent = clock()
         try:
             writer.write(f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             status = await asyncio.wait_for(_read_response(reader), timeout)
             if status == 200:
-                latencies.append(loop.time() - sent)
+                latencies.append(clock() - sent)
             else:
                 errors[f"http {status}"] += 1
         except Exception as error:  # noqa: BLE001
@@ -175,7 +175,7 @@ async def run_sequential(host: str, port: int, paths: list[str], count: int, tim
     pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if len(ms) else (lambda q: None)
     return {"rate": 0.0, "sequential": count, "ok": len(latencies), "errors": int(sum(errors.values())),
             "error_kinds": dict(errors), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
-            "max_ms": pct(100), "throughput_rps": round(len(latencies) / max(loop.time() - started, 1e-9), 1)}
+            "max_ms": pct(100), "throughput_rps": round(len(latencies) / max(clock() - started, 1e-9), 1)}
 
 
 def client_main(argv: list[str]) -> None:
@@ -198,10 +198,13 @@ def client_main(argv: list[str]) -> None:
         uvloop.install()
     except ImportError:
         pass
+    cpu_before = time.process_time()
     if args.sequential:
-        print(json.dumps(asyncio.run(run_sequential(args.host, args.port, paths, args.sequential))))
+        result = asyncio.run(run_sequential(args.host, args.port, paths, args.sequential))
     else:
-        print(json.dumps(asyncio.run(run_load(args.host, args.port, paths, args.rate, args.duration))))
+        result = asyncio.run(run_load(args.host, args.port, paths, args.rate, args.duration))
+    result["client_cpu_s"] = time.process_time() - cpu_before
+    print(json.dumps(result))
 
 
 # =============================================================================== worlds ===========
@@ -533,13 +536,39 @@ def drain(port: int, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def load(port: int, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
-    drain(port)
-    command = [sys.executable, __file__, "client", "--port", str(port), "--users-file", str(users_file),
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
+    """One client run against `server`; adds the CPU time per answered request that the server
+    (all its processes) and the client spent, which shows how far the 2 cores are from saturation."""
+    drain(server.port)
+    command = [sys.executable, __file__, "client", "--port", str(server.port), "--users-file", str(users_file),
                "--rate", str(rate), "--duration", str(duration), "--sequential", str(sequential)]
+    server_cpu = cpu_seconds(server.proc.pid)
     done = subprocess.run(command, capture_output=True, text=True, check=True)
+    server_cpu = cpu_seconds(server.proc.pid) - server_cpu
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    drain(port)
+    answered = max(result["ok"], 1)
+    result["server_cpu_ms_per_request"] = round(1000 * server_cpu / answered, 2)
+    result["client_cpu_ms_per_request"] = round(1000 * result.pop("client_cpu_s") / answered, 2)
+    drain(server.port)
     return result
 
 
@@ -548,7 +577,7 @@ def sequential(server: Server, users_file: Path, n: int) -> tuple[dict, dict[str
     of just those requests."""
     drain(server.port)
     before = stage_sums(server)
-    result = load(server.port, users_file, 0, 0, sequential=n)
+    result = load(server, users_file, 0, 0, sequential=n)
     return result, stage_means(server, before)
 
 
@@ -578,6 +607,8 @@ def fmt(result: dict) -> str:
     head = f"sequential x{result['sequential']}" if result.get("sequential") else f"rate {result['rate']:>6.1f}/s"
     return (f"{head}  p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  "
             f"p99 {result['p99_ms']} ms  throughput {result['throughput_rps']}/s  errors {result['errors']}"
+            + (f"  CPU/request: server {result['server_cpu_ms_per_request']} ms, client "
+               f"{result['client_cpu_ms_per_request']} ms" if "server_cpu_ms_per_request" in result else "")
             + (f" {result['error_kinds']}" if result["errors"] else ""))
 
 
@@ -596,6 +627,7 @@ def main() -> None:
     parser.add_argument("--search-steps", type=int, default=5)
     parser.add_argument("--compare-requests", type=int, default=150,
                         help="cached vs naive path: this many sequential requests each")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive-path comparison (quick runs)")
     parser.add_argument("--sample-rate", type=float, default=0.01, help="served-log sampling")
     parser.add_argument("--max-batch", type=int, default=16, help="server micro-batch size (1: off)")
     parser.add_argument("--workers", type=int, default=2, help="server processes (RECSYS_SERVING_WORKERS)")
@@ -637,8 +669,8 @@ def main() -> None:
         try:
             server.wait_ready()
             log("server ready (item features from the local cache)")
-            load(server.port, users_file, 5, 4)  # warm-up
-            at_rate = load(server.port, users_file, args.rate, args.duration)
+            load(server, users_file, 5, 4)  # warm-up
+            at_rate = load(server, users_file, args.rate, args.duration)
             results["at_rate"] = at_rate
             log(f"fixed rate, {args.duration:.0f}s: {fmt(at_rate)}")
             results["stage_means_ms"] = stage_means(server)
@@ -653,7 +685,7 @@ def main() -> None:
             search = []
             rate = max(low, min(high, (at_rate["throughput_rps"] or args.rate) * 0.7))
             for _ in range(args.search_steps):
-                result = load(server.port, users_file, rate, args.search_duration)
+                result = load(server, users_file, rate, args.search_duration)
                 search.append(result)
                 ok = result["p99_ms"] is not None and result["p99_ms"] < args.p99_ms and not result["errors"]
                 log(f"search: {fmt(result)} -> {'ok' if ok else 'too slow'}")
@@ -670,20 +702,21 @@ def main() -> None:
         finally:
             server.stop()
 
-        naive = Server(world, root, free_port(), args.candidates, "online", args.sample_rate, args.max_batch,
-                       args.workers)
-        try:
-            naive.wait_ready()
-            load(naive.port, users_file, 0, 0, sequential=10)  # warm-up
-            naive_result, results["naive_stage_means_ms"] = sequential(naive, users_file, args.compare_requests)
-            results["naive_sequential"] = naive_result
-            log(f"naive path (Feast get_online_features for all candidates), sequential: {fmt(naive_result)}")
-        finally:
-            naive.stop()
-
-        ratio = {q: round(naive_result[q] / cached_low[q], 2) for q in ("p50_ms", "p99_ms")
-                 if naive_result[q] and cached_low[q]}
-        results["naive_over_cached"] = ratio
+        naive_result, ratio = None, None
+        if not args.no_naive:
+            naive = Server(world, root, free_port(), args.candidates, "online", args.sample_rate, args.max_batch,
+                           args.workers)
+            try:
+                naive.wait_ready()
+                load(naive, users_file, 0, 0, sequential=10)  # warm-up
+                naive_result, results["naive_stage_means_ms"] = sequential(naive, users_file, args.compare_requests)
+                results["naive_sequential"] = naive_result
+                log(f"naive path (Feast get_online_features for all candidates), sequential: {fmt(naive_result)}")
+            finally:
+                naive.stop()
+            ratio = {q: round(naive_result[q] / cached_low[q], 2) for q in ("p50_ms", "p99_ms")
+                     if naive_result[q] and cached_low[q]}
+            results["naive_over_cached"] = ratio
         print("\n==== serving load benchmark ====")
         print(f"catalog {args.items:,} items, {args.candidates} ANN candidates/request, world: {args.world}, "
               f"{args.workers} server process(es), micro-batches up to {args.max_batch}")
@@ -694,9 +727,10 @@ def main() -> None:
             print(f"no tested rate kept p99 < {args.p99_ms:.0f} ms")
         print(f"one request at a time, {args.compare_requests} requests each:")
         print(f"  cached item features: {fmt(cached_low)}  mean stages {results['cached_sequential_stage_means_ms']}")
-        print(f"  naive (Feast get_online_features for all candidates): {fmt(naive_result)}  mean stages "
-              f"{results['naive_stage_means_ms']}")
-        print(f"naive / cached latency: {ratio}")
+        if naive_result is not None:
+            print(f"  naive (Feast get_online_features for all candidates): {fmt(naive_result)}  mean stages "
+                  f"{results['naive_stage_means_ms']}")
+            print(f"naive / cached latency: {ratio}")
         (root / "results.json").write_text(json.dumps(results, indent=2))
         print(f"results: {root / 'results.json'}")
     finally:

@@ -388,7 +388,7 @@ class Recommender:
                 requests = self._request_columns(results, users)
                 matrix = plan.assemble(candidates, items.block, plan.blocks[REQUEST].rows(requests), request_of,
                                        plan.blocks[PAIR].rows(pairs.columns), pairs.pair_of)
-                scores = lgbm_ranker.predict_matrix(model.booster, matrix)
+                scores = lgbm_ranker.predict_matrix(model.booster, matrix, self.num_threads)
             rows = None
             if any(p.want_rows for p in batch):
                 rows = self._ranking_rows(results, candidates, request_of, item_ids, items, requests, pairs)

@@ -81,7 +81,7 @@ class ServingSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
-    num_threads: int = Field(1, ge=1, description="torch / FAISS threads per request (the process "
+    num_threads: int = Field(1, ge=1, description="torch / FAISS / LightGBM threads per request (the process "
                                                   "serves requests from a thread pool)")
     # Measured (benchmarks/serving_load.py, 2 workers, 200 req/s for 30 s): p99 369 ms with
     # Python's default 5 ms, 121 ms with 1 ms.

@@ -228,11 +228,14 @@ def score(booster: lgb.Booster, df: pd.DataFrame | Mapping[str, Any], spec: Feat
     return predict_matrix(booster, model_array(df, spec))
 
 
-def predict_matrix(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
-    """Scores of a `model_array` matrix (columns in the booster's feature order)."""
+def predict_matrix(booster: lgb.Booster, matrix: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+    """Scores of a `model_array` matrix (columns in the booster's feature order). `num_threads`
+    caps LightGBM's OpenMP threads (None: LightGBM's default, all cores); a server scoring small
+    matrices from several threads at once wants 1, or the threads spin-wait on each other."""
     if len(matrix) == 0:
         return np.zeros(0, dtype=np.float64)
-    return np.asarray(booster.predict(matrix), dtype=np.float64)
+    options = {} if num_threads is None else {"num_threads": num_threads}
+    return np.asarray(booster.predict(matrix, **options), dtype=np.float64)
 
 
 def plot_feature_importance(importance: pd.DataFrame, path: str | Path, top: int = 25) -> Path:
