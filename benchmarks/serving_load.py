@@ -449,20 +449,6 @@ def pipeline_world(root: Path, n_items: int, n_users: int, n_events: int, seed: 
     return World(repo, settings.artifacts_dir / "models", project, users)
 
 
-def drop_project_keys(project: str) -> None:
-    from training.environment import redis_client
-
-    client = redis_client()
-    batch = []
-    for key in client.scan_iter(match=f"*{project}".encode(), count=10_000):
-        batch.append(key)
-        if len(batch) == 5_000:
-            client.delete(*batch)
-            batch = []
-    if batch:
-        client.delete(*batch)
-
-
 # =============================================================================== server ===========
 
 
@@ -735,7 +721,9 @@ def main() -> None:
         print(f"results: {root / 'results.json'}")
     finally:
         if world is not None and not args.keep:
-            drop_project_keys(world.project)
+            from training import feast_repo
+
+            feast_repo.delete_online_rows(world.project)
         if not args.keep:
             shutil.rmtree(root / "data", ignore_errors=True)
 

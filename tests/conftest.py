@@ -1,7 +1,9 @@
-"""Shared fixtures: one local SparkSession per test run, and tiny hand-built raw datasets."""
+"""Shared fixtures: one local SparkSession per test run, tiny hand-built raw datasets and their
+feature tables."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,26 +47,44 @@ class FeastWorld:
     env: dict[str, str]
 
 
-@contextmanager
-def hand_built_feast_world(spark, root: Path, project_prefix: str) -> Iterator[FeastWorld]:
-    """The hand-built events of tests/features turned into feature tables, applied and
-    materialized into Redis under a project of their own; torn down afterwards."""
+@pytest.fixture(scope="session")
+def hand_built_data(spark, tmp_path_factory) -> Path:
+    """The hand-built events of tests/features and the feature tables the Spark jobs make of them,
+    built once per session. Tests use a copy (`copy_data_dir`), which they may change."""
     from tests.features.test_feature_jobs import EVENTS, ITEMS, USERS
-    from training import feast_repo
     from training.features.pipeline import run_feature_pipeline
 
-    settings = Settings(data_dir=root / "data")
+    settings = Settings(data_dir=tmp_path_factory.mktemp("hand_built") / "data")
     write_raw(settings.raw_dir, EVENTS, USERS, ITEMS)
     run_feature_pipeline(spark, settings, progress=False)
+    return settings.data_dir
+
+
+def copy_data_dir(template: Path, root: Path) -> Settings:
+    """Settings over a copy of the data directory `template`, at `root / "data"`."""
+    settings = Settings(data_dir=root / "data")
+    shutil.copytree(template, settings.data_dir)
+    return settings
+
+
+@contextmanager
+def hand_built_feast_world(hand_built_data: Path, root: Path, project_prefix: str,
+                           checked_apply: bool = False) -> Iterator[FeastWorld]:
+    """A copy of the hand-built feature tables, applied and materialized into Redis under a project
+    of their own; its Redis rows are deleted afterwards. `checked_apply`: `feast apply` with
+    Feast's type checks of the definitions (see `feast_repo.apply`)."""
+    from training import feast_repo
+
+    settings = copy_data_dir(hand_built_data, root)
     project = f"{project_prefix}_{uuid.uuid4().hex[:8]}"
     repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
     env = {"RECSYS_DATA_DIR": str(settings.data_dir)}
-    feast_repo.apply(repo, env)
+    feast_repo.apply(repo, env, checked=checked_apply)
     feast_repo.materialize(datetime(1970, 1, 1), datetime(2026, 1, 8), repo, env)
     try:
         yield FeastWorld(feast_repo.feature_store(repo), settings, repo, env)
     finally:
-        feast_repo.run_feast("teardown", repo_path=repo, env=env)
+        feast_repo.delete_online_rows(project)
 
 
 def event(user: int, item: int, kind: str, when: datetime, rating: float | None = None,

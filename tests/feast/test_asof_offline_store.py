@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import utc, write_raw
+from tests.conftest import copy_data_dir, utc
 from tests.feast.test_feature_store import _hand_built_item_daily
-from tests.features.test_feature_jobs import EVENTS, ITEMS, USERS
 from training import feast_repo
 from training.data.synthetic import GeneratorConfig, generate
 from training.environment import redis_reachable
@@ -36,7 +35,7 @@ def _apply(root: Path, data_dir: Path, store: str) -> object:
         config["offline_store"]["type"] = STORES[store]
         config["registry"]["path"] = str(root / f"registry_{store}.db")
     feast_repo.edit_config(repo, with_store)
-    feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(data_dir)})
+    feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(data_dir)}, checked=False)
     return feast_repo.feature_store(repo)
 
 
@@ -45,11 +44,9 @@ def _stores(root: Path, data_dir: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def hand_built(spark, tmp_path_factory):
+def hand_built(hand_built_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("asof_hand")
-    settings = Settings(data_dir=root / "data")
-    write_raw(settings.raw_dir, EVENTS, USERS, ITEMS)
-    run_feature_pipeline(spark, settings, progress=False)
+    settings = copy_data_dir(hand_built_data, root)
     return settings, _stores(root, settings.data_dir)
 
 

@@ -20,9 +20,11 @@ pytestmark = [pytest.mark.slow,
 
 
 @pytest.fixture(scope="module")
-def store(spark, tmp_path_factory):
-    """Feature tables from the hand-built events, applied and materialized under its own project."""
-    with hand_built_feast_world(spark, tmp_path_factory.mktemp("feast"), "recsys_test") as world:
+def store(hand_built_data, tmp_path_factory):
+    """Feature tables from the hand-built events, applied (the checked `feast apply` users run) and
+    materialized under its own project."""
+    with hand_built_feast_world(hand_built_data, tmp_path_factory.mktemp("feast"), "recsys_test",
+                                checked_apply=True) as world:
         yield world.store, world.settings, world.repo, world.env
 
 

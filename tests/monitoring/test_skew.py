@@ -81,13 +81,13 @@ def test_sampling_keeps_whole_requests():
 
 
 @pytest.fixture(scope="module")
-def feast_world(spark, tmp_path_factory):
+def feast_world(hand_built_data, tmp_path_factory):
     from tests.conftest import hand_built_feast_world
     from training.environment import redis_reachable
 
     if not redis_reachable():
         pytest.skip("needs the real Redis at REDIS_URL")
-    with hand_built_feast_world(spark, tmp_path_factory.mktemp("skew_feast"), "recsys_skew") as world:
+    with hand_built_feast_world(hand_built_data, tmp_path_factory.mktemp("skew_feast"), "recsys_skew") as world:
         yield world.store
 
 
