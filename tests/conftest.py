@@ -87,6 +87,55 @@ def hand_built_feast_world(hand_built_data: Path, root: Path, project_prefix: st
         feast_repo.delete_online_rows(project)
 
 
+@dataclass
+class TrainedWorld:
+    """Synthetic raw data -> Spark features -> an isolated Feast project -> a trained bundle."""
+
+    settings: Settings
+    repo: Path
+    project: str
+    env: dict[str, str]
+    result: object  # training.pipeline.TrainedTwoStage
+
+    @property
+    def bundle(self) -> Path:
+        return self.result.bundle
+
+    def store(self):
+        from training import feast_repo
+
+        return feast_repo.feature_store(self.repo)
+
+
+@pytest.fixture(scope="session")
+def trained_world(spark, tmp_path_factory) -> TrainedWorld:
+    """The training pipeline's run on a small synthetic world, once per session: the training
+    tests check it and the serving tests serve its bundle (from a copy of its models folder, as
+    they publish bundles of their own). Its bundle must stay `latest` in its own models folder."""
+    from training import feast_repo
+    from training.data.synthetic import GeneratorConfig, generate
+    from training.features.pipeline import run_feature_pipeline
+    from training.pipeline import TrainConfig, train_two_stage
+    from training.retrieval.candidates import CandidateConfig
+
+    root = tmp_path_factory.mktemp("trained_world")
+    settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports")
+    generate(GeneratorConfig(n_users=1_500, n_items=400, n_events=150_000, n_days=40, seed=3),
+             settings.raw_dir, progress=False)
+    run_feature_pipeline(spark, settings, progress=False)
+    project = f"recsys_train_{uuid.uuid4().hex[:6]}"
+    repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
+    env = {"RECSYS_DATA_DIR": str(settings.data_dir)}
+    feast_repo.apply(repo, env)  # checked: the definitions as users apply them
+    config = TrainConfig(max_ranker_requests=1_000, max_val_requests=500, max_test_users=800,
+                         candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30))
+    config.two_tower.epochs = 5
+    config.bpr.epochs = 5
+    result = train_two_stage(spark, feast_repo.feature_store(repo), settings, config)
+    yield TrainedWorld(settings, repo, project, env, result)
+    feast_repo.delete_online_rows(project)
+
+
 def event(user: int, item: int, kind: str, when: datetime, rating: float | None = None,
           device: str = "mobile") -> dict:
     return {"user_id": user, "item_id": item, "event_type": kind, "rating": rating,

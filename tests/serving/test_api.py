@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import shutil
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.features import ItemFeatureCache
 from training.bundle import new_version, write_bundle
 
 from .helpers import wait_for
@@ -309,7 +311,9 @@ def _same_arrays(a, b) -> bool:
 
 def test_item_cache_holds_exactly_the_online_values_and_refreshes_changed_items(services, world, monkeypatch):
     cache, online = services.cache, services.online
-    monkeypatch.setattr(cache, "refresh_s", 3600.0)  # park the background refresh: this test refreshes
+    refresh = functools.partial(ItemFeatureCache.refresh, cache)
+    # Park the background loop (it calls `cache.refresh`): this test refreshes, and counts what changed.
+    monkeypatch.setattr(cache, "refresh", lambda spread_s=0.0: 0)
     time.sleep(services.settings.item_cache_refresh_s * 1.5)
     ids = services.holder.current.item_ids.ids
     sample = ids[:: max(1, len(ids) // 150)]
@@ -317,7 +321,7 @@ def test_item_cache_holds_exactly_the_online_values_and_refreshes_changed_items(
     assert set(cached) == set(direct)
     for column in direct:
         assert _same_arrays(cached[column], direct[column]), column
-    assert cache.refresh() == 0  # nothing written since: nothing re-read
+    assert refresh() == 0  # nothing written since: nothing re-read
 
     # Rewrite two items' rows (same values, newer write time): exactly those are re-read.
     store = world.store()
@@ -326,7 +330,7 @@ def test_item_cache_holds_exactly_the_online_values_and_refreshes_changed_items(
     rows["event_timestamp"] = pd.Timestamp.now(tz="UTC")
     store.write_to_online_store("item_daily", rows)
     before = cache.snapshot.fetched_at
-    assert cache.refresh() == 2
+    assert refresh() == 2
     assert cache.snapshot.fetched_at > before
     for column, values in online.items(ids[:2]).items():
         assert _same_arrays(cache.snapshot.take(ids[:2])[column], values)

@@ -4,38 +4,20 @@ real models. Slow (a few minutes) but it is the promise users rely on."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
-from training import feast_repo
 from training.bundle import BundleError, load_manifest, resolve_bundle
-from training.data.synthetic import GeneratorConfig, generate
 from training.datasets.point_in_time import service_features
-from training.features.pipeline import run_feature_pipeline
-from training.pipeline import TrainConfig, rank_requests, train_two_stage
-from training.retrieval.candidates import CandidateConfig
-from training.settings import Settings
+from training.pipeline import rank_requests
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports")
-    generate(GeneratorConfig(n_users=1_500, n_items=400, n_events=150_000, n_days=40, seed=3),
-             settings.raw_dir, progress=False)
-    run_feature_pipeline(spark, settings, progress=False)
-    repo = feast_repo.make_isolated_repo(root / "repo", f"recsys_train_{uuid.uuid4().hex[:6]}", settings.data_dir)
-    feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(settings.data_dir)})
-    store = feast_repo.feature_store(repo)
-    config = TrainConfig(max_ranker_requests=1_000, max_val_requests=500, max_test_users=800,
-                         candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30))
-    config.two_tower.epochs = 5
-    config.bpr.epochs = 5
-    result = train_two_stage(spark, store, settings, config)
-    return result.bundle, store, settings, result, spark
+def trained(trained_world, spark):
+    """The session's trained world (tests/conftest.py): bundle, store, settings, result, spark."""
+    return trained_world.bundle, trained_world.store(), trained_world.settings, trained_world.result, spark
 
 
 def test_bundle_is_complete_and_latest(trained):
