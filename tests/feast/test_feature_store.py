@@ -3,6 +3,7 @@ offline store's point-in-time joins, and online values equal to the latest offli
 
 from __future__ import annotations
 
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -131,3 +132,27 @@ def test_per_entity_group_join_equals_one_direct_call(store, spark):
     pd.testing.assert_frame_equal(ours[sorted(ours.columns)], direct[sorted(direct.columns)], check_dtype=False)
     assert ours.loc[0, "user_daily__view_count_1d"] == 1  # user 1 viewed item 10 on Jan 1
     assert pd.isna(ours.loc[5, "user_daily__view_count_1d"])  # unknown user
+
+
+def test_delete_online_rows_removes_the_projects_hashes_only(store):
+    """What the fixtures use instead of `feast teardown`: the project's hashes go, other projects'
+    stay (the world's own, and a made-up one)."""
+    from training import feast_repo
+    from training.environment import redis_client
+
+    _, _, repo, _ = store
+    client = redis_client()
+    gone, kept = f"gone_{uuid.uuid4().hex[:8]}", f"kept_{uuid.uuid4().hex[:8]}"
+    for project in (gone, kept):
+        for entity in (b"\x02\x00user1", b"\x02\x00user2", b"\x02\x00user3"):
+            client.hset(entity + project.encode(), b"_ts:user_daily", b"1")
+    world_keys = sum(1 for _ in client.scan_iter(match=f"*{feast_repo.project_name(repo)}".encode(), count=10_000))
+    assert world_keys > 0
+    try:
+        assert feast_repo.delete_online_rows(gone) == 3
+        assert feast_repo.delete_online_rows(gone) == 0
+        assert sum(1 for _ in client.scan_iter(match=f"*{kept}".encode())) == 3
+        assert sum(1 for _ in client.scan_iter(match=f"*{feast_repo.project_name(repo)}".encode(),
+                                               count=10_000)) == world_keys
+    finally:
+        feast_repo.delete_online_rows(kept)

@@ -109,3 +109,15 @@ def test_scoring_from_arrays_equals_the_pandas_categorical_path(trained, ranking
         want = (matrix[column].cat.codes.replace(-1, np.nan) if column in trained.spec.categorical
                 else matrix[column]).to_numpy(dtype=np.float64)
         np.testing.assert_array_equal(codes[:, j], want, err_msg=column)
+
+
+def test_one_thread_scores_equal_the_default_threads(trained, ranking_splits):
+    """Serving predicts with its thread budget (`num_threads=1`): the scores must not change."""
+    from training.ranking.frame import model_array
+    from training.ranking.lgbm_ranker import predict_matrix
+
+    matrix = model_array(ranking_splits["test"].iloc[:500], trained.spec)
+    default = predict_matrix(trained.booster, matrix)
+    assert len(np.unique(default)) > 10
+    np.testing.assert_array_equal(predict_matrix(trained.booster, matrix, num_threads=1), default)
+    assert predict_matrix(trained.booster, matrix[:0], num_threads=1).shape == (0,)
