@@ -336,7 +336,7 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     log(f"online store written in {time.perf_counter() - started:.0f}s")
 
     # ---- bundle: every file write_outputs writes
-    item_map, user_map = IdMap(item_ids), IdMap(user_ids)
+    item_map = IdMap(item_ids)
     catalog = pd.DataFrame({"item_id": item_ids, "category": item_category, "price": price})
     items_in = item_features(catalog, categories)
     retrieval_rows = user_daily.add_prefix("user_daily__").join(user_profile.add_prefix("user_profile__"))

@@ -142,17 +142,20 @@ def test_delete_online_rows_removes_the_projects_hashes_only(store):
 
     _, _, repo, _ = store
     client = redis_client()
-    gone, kept = f"gone_{uuid.uuid4().hex[:8]}", f"kept_{uuid.uuid4().hex[:8]}"
+
+    def n_keys(project: str) -> int:
+        return sum(1 for _ in client.scan_iter(match=f"*{project}".encode(), count=10_000))
+
+    gone, kept, world = f"gone_{uuid.uuid4().hex[:8]}", f"kept_{uuid.uuid4().hex[:8]}", feast_repo.project_name(repo)
     for project in (gone, kept):
         for entity in (b"\x02\x00user1", b"\x02\x00user2", b"\x02\x00user3"):
             client.hset(entity + project.encode(), b"_ts:user_daily", b"1")
-    world_keys = sum(1 for _ in client.scan_iter(match=f"*{feast_repo.project_name(repo)}".encode(), count=10_000))
+    world_keys = n_keys(world)
     assert world_keys > 0
     try:
         assert feast_repo.delete_online_rows(gone) == 3
         assert feast_repo.delete_online_rows(gone) == 0
-        assert sum(1 for _ in client.scan_iter(match=f"*{kept}".encode())) == 3
-        assert sum(1 for _ in client.scan_iter(match=f"*{feast_repo.project_name(repo)}".encode(),
-                                               count=10_000)) == world_keys
+        assert n_keys(kept) == 3
+        assert n_keys(world) == world_keys
     finally:
         feast_repo.delete_online_rows(kept)
