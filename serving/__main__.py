@@ -7,9 +7,14 @@ import os
 import tempfile
 
 from serving.settings import get_serving_settings
+from training.feast_compat import FeastVersionError, check_feast
 
 
 def main() -> None:
+    try:
+        check_feast("the serving layer's Feast reads")
+    except FeastVersionError as error:
+        raise SystemExit(str(error)) from None
     settings = get_serving_settings()
     # OpenMP libraries (FAISS, LightGBM, torch each bring one) read this when they load: one thread
     # per call, as requests already run concurrently and spinning OpenMP teams cost more than they

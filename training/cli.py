@@ -21,10 +21,18 @@ EPOCH = datetime(1970, 1, 1)
 
 @app.command()
 def doctor() -> None:
-    """Check Java (for Spark) and Redis (for the online store); start a local Redis if possible."""
+    """Check Java (for Spark), Feast (the tested version, or one with every internal the project's
+    extensions use) and Redis (for the online store); start a local Redis if possible."""
     from training.environment import ensure_redis
+    from training.feast_compat import FeastVersionError, check_feast, installed_feast_version
     from training.spark import check_java, java_major_version
 
+    try:
+        check_feast()
+    except FeastVersionError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"Feast {installed_feast_version()}: ok")
     check_java()
     console.print(f"Java {java_major_version()}: ok")
     ensure_redis()

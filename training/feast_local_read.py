@@ -27,6 +27,11 @@ import duckdb
 import pandas as pd
 import pyarrow
 import pyarrow.dataset
+
+from training.feast_compat import check_feast
+
+check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
+
 from feast.data_source import DataSource
 from feast.errors import DataSourceNotFoundException
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL

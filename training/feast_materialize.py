@@ -23,6 +23,10 @@ from typing import Literal
 
 import pyarrow as pa
 
+from training.feast_compat import check_feast
+
+check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
+
 from feast import FeatureView
 from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
 from feast.infra.compute_engines.local.compute import LocalComputeEngine, LocalComputeEngineConfig

@@ -41,6 +41,11 @@ from typing import Any, Literal, cast
 import pandas as pd
 import pyarrow
 import pyspark.sql
+
+from training.feast_compat import check_feast
+
+check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
+
 from feast import FeatureView, OnDemandFeatureView
 from feast.batch_feature_view import BatchFeatureView
 from feast.errors import InvalidEntityType

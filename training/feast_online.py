@@ -37,6 +37,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from training.feast_compat import check_feast
+
+check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
+
 from feast import FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_versioned_name
