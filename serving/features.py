@@ -123,8 +123,11 @@ class HashLayout:
 class OnlineFeatures:
     """Per-request reads of Feast's online store, grouped by entity keys (full feature names)."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, via_feast: bool = False) -> None:
+        """`via_feast`: every read through Feast's public `get_online_features` instead of the direct
+        hash reads (the switch back for a Feast upgrade that changes its Redis internals)."""
         self.store = store
+        self.via_feast = via_feast
         ranking = service_features(store, RANKING_SERVICE)
         retrieval = service_features(store, RETRIEVAL_SERVICE)
         self.ranking_columns = ranking.columns
@@ -139,9 +142,9 @@ class OnlineFeatures:
         self.item_refs = _dedup(by_keys[frozenset(ITEM_KEYS)])
         self.user_category_refs = _dedup(by_keys[frozenset(USER_CATEGORY_KEYS)])
         self.numeric_columns = self._numeric_columns()
-        self.layouts = {keys: self._layout(keys, refs) for keys, refs in
-                        ((USER_KEYS, self.user_refs), (ITEM_KEYS, self.item_refs),
-                         (USER_CATEGORY_KEYS, self.user_category_refs))}
+        self.refs_by_keys = {USER_KEYS: self.user_refs, ITEM_KEYS: self.item_refs,
+                             USER_CATEGORY_KEYS: self.user_category_refs}
+        self.layouts = {keys: self._layout(keys, refs) for keys, refs in self.refs_by_keys.items()}
         # Serializing an entity key costs ~30 us; the same users and (user, category) pairs come back.
         self._redis_key = lru_cache(maxsize=REDIS_KEY_CACHE_SIZE)(self._redis_key_uncached)
         self._fail_fast()
@@ -196,6 +199,8 @@ class OnlineFeatures:
         layout = self.layouts[join_keys]
         if not entities or not layout.columns:
             return [{} for _ in entities]
+        if self.via_feast:
+            return self._read_via_feast(join_keys, entities, layout.columns)
         keys = self.redis_keys(join_keys, entities)
         try:
             replies = self._online_store()._read_hash_fields(  # noqa: SLF001
@@ -205,6 +210,11 @@ class OnlineFeatures:
                 raise OnlineStoreUnavailable(f"online store unreachable: {type(error).__name__}: {error}") from error
             raise
         return [layout.decode(reply) for reply in replies]
+
+    def _read_via_feast(self, join_keys: tuple[str, ...], entities: Sequence[tuple],
+                        columns: list[str]) -> list[dict[str, Any]]:
+        values = self._read(self.refs_by_keys[join_keys], [dict(zip(join_keys, e)) for e in entities])
+        return [{column: values[column][i] for column in columns} for i in range(len(entities))]
 
     def user(self, user_id: int) -> dict[str, Any]:
         """The user-keyed features of one user: {column: value} (None where Feast has no row)."""

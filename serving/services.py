@@ -42,7 +42,7 @@ class Services:
         faiss.omp_set_num_threads(settings.num_threads)
         self.metrics = ServingMetrics()
         self.store = make_feature_store(settings)
-        self.online = OnlineFeatures(self.store)
+        self.online = OnlineFeatures(self.store, via_feast=settings.online_reads == "feast")
         self.health = StoreHealth()
         self.cache = ItemFeatureCache(self.online, settings, on_refresh=self._cache_refreshed)
         self.candidates = settings.candidate_overrides()

@@ -112,6 +112,12 @@ class ServingSettings(BaseSettings):
     redis_socket_timeout_s: float = Field(0.5, gt=0)
     health_check_interval_s: float = Field(1.0, gt=0, description="background Redis ping period")
 
+    online_reads: Literal["direct", "feast"] = Field(
+        "direct", description="direct: user, user x category and item-cache reads straight from the hashes "
+                              "Feast's Redis store writes (one pipelined round trip each); feast: Feast's "
+                              "public get_online_features (~2 ms more per read; the switch back for a Feast "
+                              "upgrade that changes its Redis internals)")
+
     # -- item feature cache ---------------------------------------------------------------------
     item_feature_source: Literal["cache", "online"] = Field(
         "cache", description="cache: the local catalog snapshot; online: a Feast call for all candidates "
