@@ -13,9 +13,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feast import FeatureStore
-from pyspark.sql import DataFrame
+
+if TYPE_CHECKING:  # the serving layer imports service_features and must not load pyspark
+    from pyspark.sql import DataFrame
 
 TIMESTAMP = "event_timestamp"
 

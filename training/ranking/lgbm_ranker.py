@@ -17,10 +17,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from training.plotting import save_png
+from training.plotting import new_figure, save_png
 from training.ranking.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, model_array, to_model_matrix
 
 EvalsResult = dict[str, dict[str, list[float]]]
@@ -241,8 +239,7 @@ def predict_matrix(booster: lgb.Booster, matrix: np.ndarray, num_threads: int | 
 def plot_feature_importance(importance: pd.DataFrame, path: str | Path, top: int = 25) -> Path:
     """Horizontal bars of the `top` features by gain."""
     shown = importance.nlargest(top, "gain").iloc[::-1]
-    figure = Figure(figsize=(8, max(3.0, 0.3 * len(shown) + 1)))
-    FigureCanvasAgg(figure)
+    figure = new_figure((8, max(3.0, 0.3 * len(shown) + 1)))
     ax = figure.subplots()
     ax.barh(shown["feature"], shown["gain"])
     ax.set(title=f"ranker feature importance (gain, top {len(shown)})", xlabel="total gain")
@@ -255,8 +252,7 @@ def plot_ranker_curves(
 ) -> Path:
     """One panel per metric, one line per dataset, against the boosting round."""
     metrics = sorted({metric for series in evals_result.values() for metric in series})
-    figure = Figure(figsize=(5 * max(1, len(metrics)), 4))
-    FigureCanvasAgg(figure)
+    figure = new_figure((5 * max(1, len(metrics)), 4))
     axes = np.atleast_1d(figure.subplots(1, max(1, len(metrics))))
     for ax, metric in zip(axes, metrics):
         for dataset, series in evals_result.items():

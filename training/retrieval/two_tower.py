@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.plotting import new_figure, save_png
 from training.retrieval.baselines import top_k_items
 
 WEIGHTS_FILE = "two_tower.pt"
@@ -438,8 +437,7 @@ def _train_epoch(
 
 def plot_training_curves(history: TrainHistory, path: str | Path) -> Path:
     """Save a PNG with the training loss and (if any) validation recall per epoch."""
-    figure = Figure(figsize=(10, 4))
-    FigureCanvasAgg(figure)
+    figure = new_figure((10, 4))
     loss_ax, recall_ax = figure.subplots(1, 2)
     epochs = range(1, len(history.train_loss) + 1)
     loss_ax.plot(epochs, history.train_loss, marker="o")
@@ -447,7 +445,4 @@ def plot_training_curves(history: TrainHistory, path: str | Path) -> Path:
     recall_ax.plot(range(1, len(history.val_recall) + 1), history.val_recall, marker="o")
     recall_ax.set(title=f"validation recall@{history.k}", xlabel="epoch", ylabel="recall")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    return path
+    return save_png(figure, path)
