@@ -59,12 +59,13 @@ def _run_child(name: str, request: dict, timeout_s: float) -> str | None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         done = subprocess.run([sys.executable, "-m", "serving.bundle_check"], input=json.dumps(request),
-                              capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+                              capture_output=True, text=True, errors="replace",  # a crash prints anything
+                              timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
         return f"bundle {name}: its check did not finish within {timeout_s:.0f}s"
     if done.returncode == 0:
         return None
-    last_words = done.stderr.strip()[-_STDERR_TAIL:]
+    last_words = "".join(c if c.isprintable() or c == "\n" else "?" for c in done.stderr.strip()[-_STDERR_TAIL:])
     if done.returncode < 0:
         return (f"bundle {name} crashed the process that loaded it "
                 f"({signal.Signals(-done.returncode).name}): {last_words}")

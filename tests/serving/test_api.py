@@ -268,7 +268,7 @@ def _publish_copy(models_dir: Path, source: Path, broken: str | None = None) -> 
 def test_hot_reload_rejects_a_broken_bundle_and_swaps_in_a_good_one(client, services, world, warm_users):
     old = services.holder.current.version
     broken = _publish_copy(world.models_dir, world.bundle, broken="faiss.index")
-    assert wait_for(lambda: broken.name in services.holder.rejected)
+    assert wait_for(lambda: broken.name in services.holder.rejected, timeout=120)  # checked in a child process
     model = client.get("/model").json()
     assert model["version"] == old
     assert broken.name in model["last_reload_error"]
@@ -276,7 +276,7 @@ def test_hot_reload_rejects_a_broken_bundle_and_swaps_in_a_good_one(client, serv
     assert response.status_code == 200 and response.json()["model_version"] == old
 
     good = _publish_copy(world.models_dir, world.bundle)
-    assert wait_for(lambda: client.get("/model").json()["version"] == good.name)
+    assert wait_for(lambda: client.get("/model").json()["version"] == good.name, timeout=120)
     assert client.get(f"/recommendations/{warm_users[0]}").json()["model_version"] == good.name
     metrics = client.get("/metrics").text
     assert 'recsys_model_reloads_total{result="rejected"}' in metrics

@@ -121,7 +121,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(http, known_item):
 def test_a_chunked_body_over_the_limit_is_413(http):
     def chunks():
         yield b"["
-        for _ in range(1_000):
+        for _ in range(2_000):  # ~100 kB
             yield b'{"user_id": 1, "item_id": 1, "event_type": "view"},'
         yield b"{}]"
 
