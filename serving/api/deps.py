@@ -4,14 +4,14 @@ loop, so an overloaded thread pool cannot delay validation or load shedding)."""
 from __future__ import annotations
 
 import hmac
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.api.errors import ServingError
-from serving.api.schemas import ID_MAX
+from serving.api.schemas import EARLIEST_TIME, ID_MAX, LATEST_TIME, as_utc, representable
 from serving.services import Services
 from serving.settings import K_LIMIT
 from training.data.schema import DEVICES
@@ -52,10 +52,6 @@ async def device_param(services: ServicesDep,
 
 # ISO 8601 only: a bare number such as 0.5 is not taken for epoch seconds.
 ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:\d{2})?$"
-# What the request path can represent (pandas' nanosecond timestamps end in 2262); the allowed
-# window within it is the event-time rule's.
-EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST_TIME = datetime(2262, 1, 1, tzinfo=timezone.utc)
 
 
 async def time_param(time: Annotated[str | None, Query(
@@ -68,10 +64,9 @@ async def time_param(time: Annotated[str | None, Query(
         when = datetime.fromisoformat(time)
     except ValueError as error:
         raise _time_error(f"not a valid date and time: {error}") from None
-    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-    if not EARLIEST_TIME <= when < LATEST_TIME:
+    if not representable(when):
         raise _time_error(f"must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
-    return when
+    return as_utc(when)
 
 
 def _time_error(message: str) -> ServingError:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.settings import EVENTS_LIMIT
 
 ID_MAX = 2**63 - 1  # user and item ids are int64 in the event log, Feast and the bundle's id maps
+# The times the request path can represent (pandas' nanosecond timestamps end in 2262); the
+# window allowed within them is the event-time rule's.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_TIME = datetime(2262, 1, 1, tzinfo=timezone.utc)
+
+
+def as_utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+def representable(when: datetime) -> bool:
+    return EARLIEST_TIME <= as_utc(when) < LATEST_TIME
 
 
 class ErrorResponse(BaseModel):
@@ -67,6 +79,13 @@ class EventIn(BaseModel):
     timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now")
     device: str | None = Field(None, max_length=32, description="mobile | desktop | tablet; default from settings")
     rating: float | None = Field(None, allow_inf_nan=False, description="1..5, optional")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _representable(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not representable(value):
+            raise ValueError(f"timestamp must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
+        return value
 
 
 class EventBatch(BaseModel):
