@@ -16,6 +16,10 @@ def main() -> None:
     except FeastVersionError as error:
         raise SystemExit(str(error)) from None
     settings = get_serving_settings()
+    try:
+        settings.check_exposure()
+    except ValueError as error:
+        raise SystemExit(f"python -m serving: {error}") from None
     # OpenMP libraries (FAISS, LightGBM, torch each bring one) read this when they load: one thread
     # per call, as requests already run concurrently and spinning OpenMP teams cost more than they
     # save on small per-request work.
@@ -25,9 +29,11 @@ def main() -> None:
 
     from serving.app import create_app
     from serving.metrics import share_metrics_between_workers
+    from serving.redact import redact_handlers
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_handlers("")  # libraries' records too (Feast, redis)
     if settings.workers == 1:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
         return

@@ -13,7 +13,6 @@ log), loads the bundle and starts the background threads; shutdown stops them an
 from __future__ import annotations
 
 import gc
-import logging
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -23,10 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api import events, items, ops, recommendations
 from serving.api.errors import install_error_handlers
+from serving.api.middleware import BodySizeLimit, CatchAll
 from serving.services import Services
 from serving.settings import ServingSettings, get_serving_settings
+from serving.redact import get_logger
 
-log = logging.getLogger("serving")
+log = get_logger("serving")
+for _server_logger in ("uvicorn.error", "uvicorn.access"):  # their records are redacted too
+    get_logger(_server_logger)
 
 
 class RequestMetrics:
@@ -99,6 +102,33 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (recommendations.router, items.router, events.router, ops.router):
         app.include_router(router)
+    _state_max_k(app, settings.max_k)
 
+    # Outermost last: metrics see every answer, 413s and last-resort 500s included.
+    app.add_middleware(CatchAll)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app
+
+
+def _state_max_k(app: FastAPI, max_k: int) -> None:
+    """/openapi.json gives k's bound as served (the setting max_k, not the schema's K_LIMIT)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+                for parameter in operation.get("parameters", []):
+                    if parameter.get("name") == "k":
+                        _set_maximum(parameter.get("schema", {}), max_k)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _set_maximum(schema: dict, maximum: int) -> None:
+    if "maximum" in schema:
+        schema["maximum"] = maximum
+    for option in schema.get("anyOf", []):
+        _set_maximum(option, maximum)

@@ -19,7 +19,6 @@ response says the online features were not updated (`online_updated: false, degr
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ from feast.data_source import PushMode
 from serving.features import OnlineFeatures, OnlineStoreUnavailable, _is_store_failure
 from training.data.schema import EVENTS_SCHEMA, SchemaError, validate_table, write_events_partitioned
 from training.retrieval.inputs import HISTORY_COLUMN
+from serving.redact import get_logger
 
-log = logging.getLogger("serving.events")
+log = get_logger("serving.events")
 
 PUSH_SOURCE = "user_activity_push"
 LAST_EVENT_COLUMN = "user_recent_history__last_event_timestamp"

@@ -32,7 +32,6 @@ daily materialization: all of them; between materializations: none).
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -62,8 +61,9 @@ from feast.value_type import ValueType
 
 from serving.settings import ServingSettings
 from training.datasets.point_in_time import service_features
+from serving.redact import get_logger, redact
 
-log = logging.getLogger("serving.features")
+log = get_logger("serving.features")
 
 RANKING_SERVICE = "ranking"
 RETRIEVAL_SERVICE = "retrieval"
@@ -79,7 +79,10 @@ MAX_DERIVED = 8  # tables kept per snapshot (one per bundle in service, see Item
 
 
 class OnlineStoreUnavailable(RuntimeError):
-    """The online store (Redis) did not answer."""
+    """The online store (Redis) did not answer. The message is redacted: it reaches clients."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def make_feature_store(settings: ServingSettings) -> FeatureStore:

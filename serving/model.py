@@ -3,8 +3,9 @@
 `LoadedModel.load` reads every file `training.pipeline.write_outputs` puts in a bundle, after
 `load_manifest` has verified the checksums and the feature list against the live Feast
 `ranking` service, then smoke-tests the pieces together (one user embedding, one FAISS search,
-one ranker prediction on an empty frame). Anything wrong raises `BundleError`, so a broken bundle
-is never swapped in.
+one ranker prediction). Anything wrong raises `BundleError`, so a broken bundle is never swapped
+in. `ModelHolder` first does all that in a child process (`serving.bundle_check`), so a file
+that makes a native library abort takes down the child, not the server.
 
 The bundle stores trending scores and the co-visitation matrix as arrays; `CandidateGenerator`
 expects a fitted `TrendingRecommender` (`scores_as_of(t)`) and `CoVisitationRecommender`
@@ -14,7 +15,6 @@ expects a fitted `TrendingRecommender` (`scores_as_of(t)`) and `CoVisitationReco
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,8 +34,10 @@ from training.retrieval.ann_index import load_index
 from training.retrieval.candidates import CandidateConfig, CandidateGenerator
 from training.retrieval.inputs import IdMap, UserInputSpec
 from training.retrieval.two_tower import TwoTowerModel
+from serving.bundle_check import bundle_digest, check_bundle
+from serving.redact import get_logger, redact
 
-log = logging.getLogger("serving.model")
+log = get_logger("serving.model")
 
 
 class BundleTrending:
@@ -166,6 +168,9 @@ class LoadedModel:
             _, found = self.index.search(np.ascontiguousarray(embedding, dtype=np.float32), 1)
             if self.n_items and found[0, 0] < 0:
                 raise BundleError("FAISS index returns nothing")
+            scores = self.booster.predict(np.zeros((1, self.booster.num_feature())), num_threads=1)
+            if not np.all(np.isfinite(scores)):
+                raise BundleError("the ranker returns non-finite scores")
         except BundleError as error:
             raise BundleError(f"bundle {self.version} failed its smoke test: {error}") from error
         except Exception as error:
@@ -194,8 +199,9 @@ class ModelHolder:
 
     def __init__(self, models_dir: Path, version: str, expected_features: Callable[[], list[str] | None],
                  candidates: Mapping[str, int], prepare: Callable[[LoadedModel], None] | None = None,
-                 on_change: Callable[[str, str], None] | None = None) -> None:
+                 on_change: Callable[[str, str], None] | None = None, check_timeout_s: float = 120.0) -> None:
         self.models_dir = Path(models_dir)
+        self.check_timeout_s = check_timeout_s
         self.version = version
         self.expected_features = expected_features
         self.candidates = candidates
@@ -203,7 +209,8 @@ class ModelHolder:
         self.on_change = on_change  # (event, detail), for metrics
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
-        self.rejected: dict[str, str] = {}  # version -> why (not retried until `latest` moves)
+        self.rejected: dict[str, str] = {}  # version -> why (not retried until its manifest changes)
+        self._rejected_digests: dict[str, str] = {}  # version -> manifest digest when it was rejected
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,19 +225,25 @@ class ModelHolder:
             try:
                 bundle = resolve_bundle(self.models_dir, self.version)
             except BundleError as error:
-                self.last_error = str(error)
+                self.last_error = self._public(error)
                 return False
             name = bundle.name
-            if (self.current is not None and self.current.version == name) or name in self.rejected:
+            if self.current is not None and self.current.version == name:
+                return False
+            digest = bundle_digest(bundle)
+            if self._rejected_digests.get(name) == digest:
                 return False
             started = time.perf_counter()
             try:
-                model = LoadedModel.load(bundle, self.expected_features(), self.candidates)
+                features = self.expected_features()
+                check_bundle(bundle, features, self.candidates, self.check_timeout_s)
+                model = LoadedModel.load(bundle, features, self.candidates)
                 if self.prepare is not None:
                     self.prepare(model)
             except Exception as error:  # noqa: BLE001 - any failure rejects this bundle
-                message = str(error) if isinstance(error, BundleError) else f"{type(error).__name__}: {error}"
+                message = self._public(error if isinstance(error, BundleError) else f"{type(error).__name__}: {error}")
                 self.rejected[name] = message
+                self._rejected_digests[name] = digest
                 self.last_error = f"bundle {name} rejected: {message}"
                 log.error("model bundle %s rejected, keeping %s: %s", name,
                           self.current.version if self.current else "none", message)
@@ -243,6 +256,13 @@ class ModelHolder:
                      time.perf_counter() - started)
             self._notify("loaded", name)
             return True
+
+    def _public(self, error: BaseException | str) -> str:
+        """`error` as /model and /readyz may show it: no secrets, no absolute paths."""
+        text = str(error)
+        for root in {str(self.models_dir.resolve()), str(self.models_dir)}:
+            text = text.replace(root, "<models_dir>")
+        return redact(text)
 
     def _notify(self, event: str, version: str) -> None:
         if self.on_change is not None:

@@ -19,7 +19,6 @@ Fallbacks, each visible in the response:
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
@@ -48,8 +47,9 @@ from training.ranking import lgbm_ranker
 from training.ranking.frame import TIMESTAMP_COLUMN
 from training.retrieval.candidates import RETRIEVAL_FEATURES, primary_source
 from training.retrieval.inputs import HISTORY_COLUMN, user_features
+from serving.redact import get_logger, redact
 
-log = logging.getLogger("serving.recommender")
+log = get_logger("serving.recommender")
 
 USER_DAILY_PREFIX = "user_daily__"
 
@@ -77,11 +77,12 @@ class StoreHealth:
         self.changed_at = time.time()
 
     def down(self, error: BaseException | str) -> None:
+        reason = redact(error)  # it reaches responses and /readyz
         if self.available:
-            log.warning("online store marked unavailable: %s", error)
+            log.warning("online store marked unavailable: %s", reason)
             self.changed_at = time.time()
         self.available = False
-        self.last_error = str(error)
+        self.last_error = reason
 
     def up(self) -> None:
         if not self.available:
@@ -318,17 +319,30 @@ class Recommender:
             self.metrics.variant_responses.labels(experiment.name, result.variant, result.model_version).inc()
 
     def _process(self, batch: list[_Pending]) -> None:
-        """A batch of requests, one group per bundle (a group never mixes bundles). A failure is
-        handed to the requests of its group only (`pending.error`)."""
+        """A batch of requests, one group per bundle (a group never mixes bundles). When a group
+        fails, its requests are run again one by one, so a failure reaches only the request that
+        causes it (`pending.error`)."""
         _limit_threads(self.num_threads)
         groups = self.variants.group_by_holder(p.result.variant for p in batch)
         for positions in groups.values():
             group = [batch[i] for i in positions]
             try:
                 self._process_group(self.model(group[0].result.variant), group)
-            except Exception as error:  # noqa: BLE001 - raised to each waiting request of the group
+            except Exception as error:  # noqa: BLE001 - isolated below
+                if len(group) == 1:
+                    group[0].error = group[0].error or error
+                    continue
+                log.warning("a batch of %d requests failed (%s: %s); running them one by one",
+                            len(group), type(error).__name__, error)
                 for pending in group:
-                    pending.error = pending.error or error
+                    self._process_alone(pending)
+
+    def _process_alone(self, pending: _Pending) -> None:
+        _reset(pending.result)
+        try:
+            self._process_group(self.model(pending.result.variant), [pending])
+        except Exception as error:  # noqa: BLE001 - raised to this request's caller
+            pending.error = pending.error or error
 
     def _process_group(self, model: LoadedModel, batch: list[_Pending]) -> None:
         """The request path for requests of one bundle (one call per online lookup)."""
@@ -638,6 +652,14 @@ class Recommender:
         return {"item_id": int(item_id), "model_version": model.version,
                 "embedding_neighbours": describe(neighbours, "two_tower"),
                 "covisitation": describe(covisited, "covisit")}
+
+
+def _reset(result: Recommendation) -> None:
+    """Back to what `Recommender._pending` made, before the request runs again."""
+    result.items, result.reasons, result.timings_ms = [], [], {}
+    result.cold_start = result.degraded = False
+    result.n_candidates, result.rows, result.ranker_scores = 0, None, None
+    result.row_columns, result.row_span = None, (0, 0)
 
 
 def _outcome(pending: _Pending) -> Recommendation:

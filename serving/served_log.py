@@ -17,7 +17,6 @@ background thread converts and writes a file per flush period. A full queue drop
 
 from __future__ import annotations
 
-import logging
 import queue
 import random
 import threading
@@ -31,8 +30,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from serving.redact import get_logger
 
-log = logging.getLogger("serving.served_log")
+log = get_logger("serving.served_log")
 
 _STOP = object()
 RECORD_FIELDS = pa.schema([

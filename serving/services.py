@@ -11,7 +11,6 @@ Background threads (all daemons, stopped by `stop()`):
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -31,8 +30,9 @@ from serving.rules import RuleConfig
 from serving.served_log import ServedLog
 from serving.settings import ServingSettings
 from training.settings import get_settings as get_training_settings
+from serving.redact import get_logger, redact
 
-log = logging.getLogger("serving")
+log = get_logger("serving")
 
 
 class Services:
@@ -74,7 +74,8 @@ class Services:
 
     def _make_holder(self, bundle: str) -> ModelHolder:
         return ModelHolder(self.settings.models_dir, bundle, self._expected_features, self.candidates,
-                           prepare=partial(self._prepare, bundle), on_change=self._model_changed)
+                           prepare=partial(self._prepare, bundle), on_change=self._model_changed,
+                           check_timeout_s=self.settings.bundle_check_timeout_s)
 
     def _prepare(self, bundle: str, model: LoadedModel) -> None:
         """Before a bundle is swapped in: every ranker column must have an online source, and the
@@ -131,7 +132,7 @@ class Services:
         if self.online.ping():
             self.health.up()
         else:
-            self.health.down(f"Redis PING failed ({self.store.config.online_store.connection_string})")
+            self.health.down(f"Redis PING failed ({redact(self.store.config.online_store.connection_string)})")
         return self.health.available
 
     def _health_loop(self) -> None:

@@ -16,13 +16,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.data.schema import DEVICES
 from training.settings import get_settings as get_training_settings
 
 DiversityMode = Literal["none", "category_cap", "mmr"]
+K_LIMIT = 1_000  # the largest max_k (a request's k is bounded by max_k)
+EVENTS_LIMIT = 10_000  # the largest max_events_per_request (the events list's bound in the schema)
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 LATEST_BUNDLE = "latest"
 # Experiment and variant names end up in `python -m monitoring ab --variants name=weight,...` and in
 # metric labels.
@@ -152,8 +155,19 @@ class ServingSettings(BaseSettings):
 
     # -- request bounds -------------------------------------------------------------------------
     default_k: int = Field(10, ge=1)
-    max_k: int = Field(100, ge=1)
+    max_k: int = Field(100, ge=1, le=K_LIMIT, description=f"largest k a request may ask for (at most {K_LIMIT}); "
+                                                          "/openapi.json states it")
     default_device: str = "mobile"
+    max_body_bytes: int = Field(2_000_000, ge=1, description="request bodies above this many bytes are "
+                                "answered 413 before they are read (Content-Length, or counted as they stream)")
+
+    # -- access ---------------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(None, description="when set, POST /events requires it (header X-API-Key "
+                                      "or Authorization: Bearer); reads are never authenticated")
+    allow_unauthenticated: bool = Field(False, description="start on a non-loopback host without api_key "
+                                        "(refused otherwise)")
+    bundle_check_timeout_s: float = Field(120.0, gt=0, description="a bundle is loaded and smoke-scored in a "
+                                          "child process before it is served; longer than this rejects it")
 
     # -- business rules -------------------------------------------------------------------------
     exclude_seen: bool = True
@@ -173,7 +187,8 @@ class ServingSettings(BaseSettings):
     # -- hot reload / events --------------------------------------------------------------------
     reload_interval_s: float = Field(15.0, gt=0)
     events_require_known_item: bool = True
-    max_events_per_request: int = Field(1_000, ge=1)
+    max_events_per_request: int = Field(1_000, ge=1, le=EVENTS_LIMIT, description="events per POST /events "
+                                        f"(at most {EVENTS_LIMIT}, the schema's bound); more are answered 413")
 
     # -- A/B test -------------------------------------------------------------------------------
     experiment: ExperimentSettings | None = Field(None, description="JSON; None: one bundle "
@@ -197,6 +212,14 @@ class ServingSettings(BaseSettings):
         if self.experiment is None:
             return {None: self.bundle_version}
         return {name: variant.bundle or self.bundle_version for name, variant in self.experiment.variants.items()}
+
+    def check_exposure(self) -> None:
+        """Refuse to serve a non-loopback host without an API key, unless told to."""
+        if self.host in LOOPBACK_HOSTS or self.host.startswith("127.") or self.api_key is not None:
+            return
+        if not self.allow_unauthenticated:
+            raise ValueError(f"refusing to listen on {self.host} without RECSYS_SERVING_API_KEY: anyone who can "
+                             "reach it could write events; set a key, or RECSYS_SERVING_ALLOW_UNAUTHENTICATED=true")
 
     def online_connection_string(self, configured: str) -> str:
         """The Feast Redis connection string with socket timeouts, so a dead or hung Redis costs a

@@ -1,24 +1,31 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Body
+from pathlib import Path
+from typing import Annotated
 
-from serving.api.deps import ServicesDep
+from fastapi import APIRouter, Body
+from pydantic import Field
+
+from serving.api.deps import ApiKeyRequired, ServicesDep
 from serving.api.errors import ServingError
 from serving.api.schemas import ErrorResponse, EventBatch, EventIn, EventsResponse
 from serving.events import InvalidEvents
 from serving.recommender import ModelNotReady
+from serving.settings import EVENTS_LIMIT
 
 router = APIRouter(tags=["events"])
 
 
-@router.post("/events", response_model=EventsResponse,
-             responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+@router.post("/events", response_model=EventsResponse, dependencies=[ApiKeyRequired],
+             responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                        422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 def post_events(services: ServicesDep,
-                body: EventIn | list[EventIn] | EventBatch = Body(
+                body: EventIn | Annotated[list[EventIn], Field(max_length=EVENTS_LIMIT)] | EventBatch = Body(
                     description="one event, a list of events, or {\"events\": [...]}")) -> EventsResponse:
     """Record interactions: validated, appended to the event log (raw events layout) and pushed to
     the online store, so the next recommendation excludes these items and uses the new history.
-    Any invalid event rejects the whole batch (422) and nothing is written."""
+    Any invalid event rejects the whole batch (422) and nothing is written. More than
+    `max_events_per_request` events: 413. With `api_key` set, the key is required (401)."""
     events = body.events if isinstance(body, EventBatch) else body if isinstance(body, list) else [body]
     settings = services.settings
     if len(events) > settings.max_events_per_request:
@@ -39,9 +46,18 @@ def post_events(services: ServicesDep,
     if not result.online_updated and services.health.available:
         services.health.down(result.error or "push failed")
     services.metrics.events.labels("accepted").inc(result.accepted)
-    return EventsResponse(accepted=result.accepted, users=result.users, files=result.files,
+    return EventsResponse(accepted=result.accepted, users=result.users,
+                          files=[_in_event_log(path, settings.events_dir) for path in result.files],
                           online_updated=result.online_updated, degraded=not result.online_updated,
                           error=result.error)
+
+
+def _in_event_log(path: str, events_dir: Path) -> str:
+    """A file's path within the event log folder (a response shows no server paths)."""
+    try:
+        return str(Path(path).relative_to(events_dir))
+    except ValueError:
+        return Path(path).name
 
 
 def _now():

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Path
-
-from serving.api.deps import KParam, ServicesDep
+from serving.api.deps import ItemId, KParam, ServicesDep
 from serving.api.errors import ServingError
 from serving.api.schemas import ErrorResponse, SimilarItemsResponse
 from serving.recommender import ModelNotReady, UnknownItem
@@ -15,7 +13,7 @@ router = APIRouter(tags=["items"])
 @router.get("/similar-items/{item_id}", response_model=SimilarItemsResponse,
             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 def similar_items(services: ServicesDep, k: KParam,
-                  item_id: Annotated[int, Path(description="item id")]) -> SimilarItemsResponse:
+                  item_id: ItemId) -> SimilarItemsResponse:
     """Nearest neighbours of the item's two-tower embedding (FAISS) and its most co-visited items."""
     try:
         found = services.recommender.similar_items(item_id, k)

@@ -43,7 +43,7 @@ def model(services: ServicesDep) -> ModelResponse:
     if current is None:
         raise ServingError(503, f"no model bundle loaded yet: {holder.last_error or 'loading'}")
     experiment = services.variants.experiment
-    return ModelResponse(version=current.version, bundle_dir=str(current.bundle_dir),
+    return ModelResponse(version=current.version, bundle_dir=current.bundle_dir.name,
                          loaded_at=datetime.fromtimestamp(current.loaded_at, tz=timezone.utc),
                          manifest=current.manifest, last_reload_error=holder.last_error,
                          rejected_bundles={name: why for h in services.variants.holders.values()

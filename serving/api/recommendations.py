@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request, Response
 
-from fastapi import APIRouter, Path, Request, Response
-
-from serving.api.deps import DeviceParam, KParam, ServicesDep, TimeParam
+from serving.api.deps import DeviceParam, KParam, ServicesDep, TimeParam, UserId
 from serving.api.errors import ServingError
 from serving.api.schemas import ErrorResponse, RecommendationResponse
 from serving.recommender import ModelNotReady, Overloaded
@@ -15,8 +13,7 @@ router = APIRouter(tags=["recommendations"])
 @router.get("/recommendations/{user_id}", response_model=RecommendationResponse,
             responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 async def recommendations(request: Request, services: ServicesDep, k: KParam, device: DeviceParam,
-                          time: TimeParam, user_id: Annotated[int, Path(ge=0, description="user id")]
-                          ) -> Response:
+                          time: TimeParam, user_id: UserId) -> Response:
     """Top-k items for a user: two-tower + trending + co-visitation candidates, LightGBM ranking,
     business rules. Unknown users get context-aware trending (`cold_start: true`); when the
     online store is down, the trending list (`degraded: true`). When more than `max_pending`

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serving.settings import EVENTS_LIMIT
+
+ID_MAX = 2**63 - 1  # user and item ids are int64 in the event log, Feast and the bundle's id maps
+# The times the request path can represent (pandas' nanosecond timestamps end in 2262); the
+# window allowed within them is the event-time rule's.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_TIME = datetime(2262, 1, 1, tzinfo=timezone.utc)
+
+
+def as_utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+def representable(when: datetime) -> bool:
+    return EARLIEST_TIME <= as_utc(when) < LATEST_TIME
 
 
 class ErrorResponse(BaseModel):
@@ -57,24 +73,32 @@ class EventIn(BaseModel):
         "user_id": 42, "item_id": 1234, "event_type": "click", "timestamp": "2026-03-01T12:00:00Z",
         "device": "mobile"}})
 
-    user_id: int
-    item_id: int
-    event_type: str = Field(description="view | click | add_to_cart | purchase")
+    user_id: int = Field(ge=0, le=ID_MAX)
+    item_id: int = Field(ge=0, le=ID_MAX)
+    event_type: str = Field(max_length=32, description="view | click | add_to_cart | purchase")
     timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now")
-    device: str | None = Field(None, description="mobile | desktop | tablet; default from settings")
-    rating: float | None = Field(None, description="1..5, optional")
+    device: str | None = Field(None, max_length=32, description="mobile | desktop | tablet; default from settings")
+    rating: float | None = Field(None, allow_inf_nan=False, description="1..5, optional")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _representable(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not representable(value):
+            raise ValueError(f"timestamp must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
+        return value
 
 
 class EventBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    events: list[EventIn]
+    events: list[EventIn] = Field(max_length=EVENTS_LIMIT)
 
 
 class EventsResponse(BaseModel):
     accepted: int
     users: list[int]
-    files: list[str] = Field(description="event-log parquet files written (raw events layout)")
+    files: list[str] = Field(description="event-log parquet files written, relative to the event log folder "
+                                         "(raw events layout)")
     online_updated: bool = Field(description="the users' recent history was pushed to the online store")
     degraded: bool
     error: str | None = None
@@ -97,7 +121,7 @@ class ExperimentInfo(BaseModel):
 
 class ModelResponse(BaseModel):
     version: str = Field(description="the bundle in service (the control's, with an experiment)")
-    bundle_dir: str
+    bundle_dir: str = Field(description="the bundle's directory name under models_dir (no filesystem path)")
     loaded_at: datetime
     manifest: dict[str, Any]
     last_reload_error: str | None = None

@@ -67,3 +67,20 @@ def world(trained_world, tmp_path_factory):
     feast_repo.materialize(EPOCH, end, repo_path=trained_world.repo, env=trained_world.env)
     print(f"\nserving test world materialized in {time.perf_counter() - started:.0f}s", file=sys.__stderr__)
     return World(settings, trained_world.repo, trained_world.project, bundle, last_snapshot, models_dir)
+
+
+API_KEY = "test-key-0123456789"  # the live server's
+BODY_LIMIT = 64_000  # bytes, the live server's request body limit
+
+
+@pytest.fixture(scope="module")
+def live(world, tmp_path_factory):
+    """The served world over real HTTP (uvicorn on loopback), with an API key and a small body
+    limit; one per test module that uses it."""
+    from serving.app import create_app
+
+    from .helpers import LiveServer
+
+    settings = world.serving_settings(tmp_path_factory.mktemp("live"), api_key=API_KEY, max_body_bytes=BODY_LIMIT)
+    with LiveServer(create_app(settings)) as server:
+        yield server

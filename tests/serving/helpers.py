@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+
+import uvicorn
 
 
 def wait_for(predicate, timeout=15.0, interval=0.1):
@@ -13,3 +17,33 @@ def wait_for(predicate, timeout=15.0, interval=0.1):
             return True
         time.sleep(interval)
     return predicate()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """An app under uvicorn on loopback, in a thread of this process (tests reach its services)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="live-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        if not wait_for(lambda: self.server.started, timeout=180):
+            raise RuntimeError("the live server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -291,6 +291,6 @@ def test_a_missing_variant_bundle_is_not_ready_and_its_users_get_503(world, bund
         assert client.get("/model").json()["experiment"]["variants"]["treatment"]["version"] is None
 
         _copy_bundle(world.bundle, models_dir, missing)  # published later: picked up by the reloader
-        assert wait_for(lambda: client.get("/readyz").status_code == 200)
+        assert wait_for(lambda: client.get("/readyz").status_code == 200, timeout=120)  # checked in a child process first
         response = client.get(f"/recommendations/{by_variant['treatment']}", params=params)
         assert response.status_code == 200 and response.json()["model_version"] == missing
