@@ -168,6 +168,11 @@ class ServingSettings(BaseSettings):
     reload_interval_s: float = Field(15.0, gt=0)
     events_require_known_item: bool = True
     max_events_per_request: int = Field(1_000, ge=1)
+    event_log_group_wait_ms: float = Field(2.0, ge=0, le=1_000, description="the event-log writer waits this "
+                                           "long for more requests to put in the same file (0: only those "
+                                           "already queued)")
+    idempotency_ttl_s: int = Field(86_400, ge=1, description="how long an acknowledged event_id is remembered "
+                                   "(in Redis) to answer its retries as duplicates")
 
     # -- A/B test -------------------------------------------------------------------------------
     experiment: ExperimentSettings | None = Field(None, description="JSON; None: one bundle "

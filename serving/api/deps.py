@@ -11,6 +11,7 @@ from fastapi import Depends, Query, Request
 from serving.api.errors import ServingError
 from serving.services import Services
 from training.data.schema import DEVICES
+from training.data.time_window import time_window
 
 
 async def get_services(request: Request) -> Services:
@@ -44,8 +45,13 @@ async def device_param(services: ServicesDep,
 
 
 async def time_param(time: Annotated[datetime | None, Query(
-        description="request context: the request time (ISO 8601, UTC if no offset); default now")] = None
+        description="request context: the request time (ISO 8601, UTC if no offset); default now. Within "
+                    "the time window: not before RECSYS_EARLIEST_EVENT_TIME, not more than "
+                    "RECSYS_MAX_FUTURE_SKEW ahead of the server's clock")] = None
                ) -> datetime | None:
+    problem = None if time is None else time_window().problem(time)
+    if problem:
+        raise ServingError(422, f"time is {problem}", [{"field": "query.time", "message": problem}])
     return time
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,7 +42,12 @@ def _validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool)) and not isinstance(value, bytes)
+    """Short, JSON-encodable inputs only: never a non-finite float (JSON cannot carry it) or long text."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return len(value) <= 100
+    return isinstance(value, (int, bool))
 
 
 def install_error_handlers(app: FastAPI) -> None:

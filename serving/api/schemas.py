@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from training.data.schema import EVENT_TYPES, MAX_ENTITY_ID
+from training.data.time_window import time_window
 
 
 class ErrorResponse(BaseModel):
@@ -55,14 +58,27 @@ class SimilarItemsResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
         "user_id": 42, "item_id": 1234, "event_type": "click", "timestamp": "2026-03-01T12:00:00Z",
-        "device": "mobile"}})
+        "device": "mobile", "event_id": "3f2a9c1e-0b7d-4c55-9a61-2e8d7f4b1c20"}})
 
-    user_id: int
-    item_id: int
-    event_type: str = Field(description="view | click | add_to_cart | purchase")
-    timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now")
-    device: str | None = Field(None, description="mobile | desktop | tablet; default from settings")
-    rating: float | None = Field(None, description="1..5, optional")
+    user_id: int = Field(ge=0, le=MAX_ENTITY_ID, description="0..2^63-1 (the raw schema's int64)")
+    item_id: int = Field(ge=0, le=MAX_ENTITY_ID, description="0..2^63-1 (the raw schema's int64)")
+    event_type: Literal[EVENT_TYPES] = Field(description="the kind of interaction")  # type: ignore[valid-type]
+    timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now. Within the "
+                                       "time window: not before RECSYS_EARLIEST_EVENT_TIME, not more than "
+                                       "RECSYS_MAX_FUTURE_SKEW ahead of the server's clock")
+    device: str | None = Field(None, max_length=32, description="mobile | desktop | tablet; default from settings")
+    rating: float | None = Field(None, ge=1, le=5, allow_inf_nan=False, description="1..5, optional")
+    event_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                                 description="idempotency key: an event whose id was acknowledged before "
+                                             "(within idempotency_ttl_s) is not written again")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _within_time_window(cls, value: datetime | None) -> datetime | None:
+        problem = None if value is None else time_window().problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class EventBatch(BaseModel):
@@ -72,7 +88,8 @@ class EventBatch(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events written (duplicates not included)")
+    duplicates: int = Field(0, description="events whose event_id was acknowledged before: not written again")
     users: list[int]
     files: list[str] = Field(description="event-log parquet files written (raw events layout)")
     online_updated: bool = Field(description="the users' recent history was pushed to the online store")
