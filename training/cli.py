@@ -132,6 +132,21 @@ def materialize(end: Optional[str] = typer.Option(None, help="end time (default:
     console.print(f"Materialized up to {end_time} in {time.perf_counter() - started:.1f}s")
 
 
+@app.command("restore-online")
+def restore_online() -> None:
+    """Reload a lost online store: materialize everything, then replay each user's real-time
+    recent history from the raw event log (see training/restore_online.py)."""
+    from training.environment import ensure_redis
+    from training.restore_online import restore_online as run_restore
+
+    ensure_redis()
+    started = time.perf_counter()
+    result = run_restore(get_settings())
+    console.print(f"Online store restored up to {result.end} in {time.perf_counter() - started:.1f}s: "
+                  f"{result.histories_rewritten} of {result.users_in_log} users' recent histories "
+                  "rewritten from the event log")
+
+
 @app.command()
 def demo(
     events: int = typer.Option(1_000_000, help="number of synthetic events"),
