@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from training.data.schema import EVENT_TYPES, MAX_ENTITY_ID
+from training.data.schema import EVENT_TYPES
 from training.data.time_window import time_window
 
 
@@ -55,13 +55,18 @@ class SimilarItemsResponse(BaseModel):
     covisitation: list[SimilarItem] = Field(description="items most co-visited with it (training events)")
 
 
+# Ids through the API: 0..2^53-1. Tighter than the raw schema's int64 because JSON numbers are
+# doubles for most clients (and in the OpenAPI bounds): larger ids would not round-trip exactly.
+MAX_API_ID = 2**53 - 1
+
+
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
         "user_id": 42, "item_id": 1234, "event_type": "click", "timestamp": "2026-03-01T12:00:00Z",
         "device": "mobile", "event_id": "3f2a9c1e-0b7d-4c55-9a61-2e8d7f4b1c20"}})
 
-    user_id: int = Field(ge=0, le=MAX_ENTITY_ID, description="0..2^63-1 (the raw schema's int64)")
-    item_id: int = Field(ge=0, le=MAX_ENTITY_ID, description="0..2^63-1 (the raw schema's int64)")
+    user_id: int = Field(ge=0, le=MAX_API_ID, description="0..2^53-1 (exact as a JSON number)")
+    item_id: int = Field(ge=0, le=MAX_API_ID, description="0..2^53-1 (exact as a JSON number)")
     event_type: Literal[EVENT_TYPES] = Field(description="the kind of interaction")  # type: ignore[valid-type]
     timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now. Within the "
                                        "time window: not before RECSYS_EARLIEST_EVENT_TIME, not more than "

@@ -97,6 +97,7 @@ def test_the_demo_clock_and_a_little_skew_are_inside_the_window(client, services
 
 @pytest.mark.parametrize("body, field", [
     ('{"user_id": 9223372036854775808, "item_id": 1, "event_type": "view"}', "user_id"),
+    ('{"user_id": 9007199254740992, "item_id": 1, "event_type": "view"}', "user_id"),
     ('{"user_id": 1, "item_id": 9223372036854775808, "event_type": "view"}', "item_id"),
     ('{"user_id": 1, "item_id": 1, "event_type": "view", "rating": Infinity}', "rating"),
     ('{"user_id": 1, "item_id": 1, "event_type": "view", "rating": NaN}', "rating"),
@@ -114,7 +115,7 @@ def test_out_of_range_fields_are_a_422_json_error(client, body, field):
 def test_openapi_documents_the_bounds_and_the_event_types(client):
     schema = client.get("/openapi.json").json()["components"]["schemas"]["EventIn"]["properties"]
     assert schema["event_type"]["enum"] == ["view", "click", "add_to_cart", "purchase"]
-    assert schema["user_id"]["maximum"] == 2**63 - 1 and schema["user_id"]["minimum"] == 0
+    assert schema["user_id"]["maximum"] == 2**53 - 1 and schema["user_id"]["minimum"] == 0
     assert schema["rating"]["anyOf"][0]["maximum"] == 5
 
 

@@ -41,7 +41,6 @@ DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
 RATING_RANGE: tuple[float, float] = (1.0, 5.0)
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-MAX_ENTITY_ID = 2**63 - 1  # user and item ids are int64 >= 0
 
 EVENTS_SCHEMA = pa.schema(
     [
