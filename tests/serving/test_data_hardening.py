@@ -165,23 +165,24 @@ def test_a_lost_online_store_is_detected_and_restored_from_the_log(client, servi
     snapshot_before = {u: services.online.user(u)[HISTORY] for u in (posted_user, shadowed_user)}
 
     feast_repo.delete_online_rows(world.project)  # Redis came back empty
-    assert wait_for(lambda: client.get("/readyz").status_code == 503, timeout=10)
-    ready = client.get("/readyz").json()
-    assert "restore-online" in ready["details"]["online_store_error"]
-    answer = client.get(f"/recommendations/{posted_user}").json()
-    assert answer["degraded"] is True and any("restore-online" in r for r in answer["reasons"])
-    assert "recsys_online_store_lost_total" in client.get("/metrics").text
+    try:
+        assert wait_for(lambda: client.get("/readyz").status_code == 503, timeout=10)
+        ready = client.get("/readyz").json()
+        assert "restore-online" in ready["details"]["online_store_error"]
+        answer = client.get(f"/recommendations/{posted_user}").json()
+        assert answer["degraded"] is True and any("restore-online" in r for r in answer["reasons"])
+        assert "recsys_online_store_lost_total" in client.get("/metrics").text
 
-    clicked = item(services, 5)
-    event = {"user_id": posted_user, "item_id": clicked, "event_type": "click",
-             "timestamp": world.request_time.isoformat()}
-    posted = client.post("/events", json=event).json()
-    assert posted["accepted"] == 1 and posted["online_updated"] is False and posted["degraded"] is True
-    assert services.online.user(posted_user)[HISTORY] is None  # no one-item history pushed
-    history.write({shadowed_user: HistoryRow([clicked], pd.Timestamp.now(tz="UTC").to_pydatetime(),
-                                             pd.Timestamp.now(tz="UTC").to_pydatetime())})  # an old bad push
-
-    result = restore_online(log_copy, world.repo, world.env)
+        clicked = item(services, 5)
+        event = {"user_id": posted_user, "item_id": clicked, "event_type": "click",
+                 "timestamp": world.request_time.isoformat()}
+        posted = client.post("/events", json=event).json()
+        assert posted["accepted"] == 1 and posted["online_updated"] is False and posted["degraded"] is True
+        assert services.online.user(posted_user)[HISTORY] is None  # no one-item history pushed
+        history.write({shadowed_user: HistoryRow([clicked], pd.Timestamp.now(tz="UTC").to_pydatetime(),
+                                                 pd.Timestamp.now(tz="UTC").to_pydatetime())})  # an old bad push
+    finally:  # restored whatever happened: the world is the session's
+        result = restore_online(log_copy, world.repo, {"RECSYS_DATA_DIR": str(world.settings.data_dir)})
 
     assert result.histories_rewritten >= 2
     assert wait_for(lambda: client.get("/readyz").status_code == 200, timeout=10)
