@@ -243,6 +243,7 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     from training.ranking.frame import DEFAULT_EXCLUDE, fit_feature_spec
     from training.retrieval import ann_index
     from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig
+    from training.online_marker import write_marker
     from training.retrieval.inputs import IdMap, fit_user_input_spec, item_features
     from training.retrieval.two_tower import TwoTowerConfig, TwoTowerModel
 
@@ -333,6 +334,10 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
                         ("user_category", user_category)):
         for begin in range(0, len(frame), 20_000):
             store.write_to_online_store(view, frame.iloc[begin:begin + 20_000])
+    # What `feast materialize` marks; the service is not ready without it (training/online_marker.py).
+    online = store._get_provider().online_store  # noqa: SLF001
+    write_marker(online._get_client(store.config.online_store), store.config.project,  # noqa: SLF001
+                 loaded_by="benchmarks/serving_load.py")
     log(f"online store written in {time.perf_counter() - started:.0f}s")
 
     # ---- bundle: every file write_outputs writes

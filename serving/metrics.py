@@ -59,6 +59,11 @@ class ServingMetrics:
         self.reloads = Counter("recsys_model_reloads_total", "Bundle reload attempts", ["result"], registry=r)
         self.redis_up = Gauge("recsys_online_store_up", "1 when Redis answered the last health check",
                               registry=r, multiprocess_mode="livemin")
+        self.online_store_lost = Counter("recsys_online_store_lost_total", "Health checks that found Redis "
+                                         "answering without the materialization marker (store lost)", registry=r)
+        self.online_store_materialized = Gauge("recsys_online_store_materialized", "1 when the last health "
+                                               "check found the materialization marker", registry=r,
+                                               multiprocess_mode="livemin")
         self.item_cache_age = Gauge("recsys_item_cache_age_seconds", "Age of the item feature snapshot",
                                     registry=r, multiprocess_mode="livemax")
         self.item_cache_refresh = Histogram("recsys_item_cache_refresh_seconds", "Item cache refresh duration",

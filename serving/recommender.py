@@ -75,6 +75,8 @@ class StoreHealth:
         self.available = True
         self.last_error: str | None = None
         self.changed_at = time.time()
+        # Redis answers but holds no materialization (training.online_marker): why, else None.
+        self.lost: str | None = None
 
     def down(self, error: BaseException | str) -> None:
         reason = redact(error)  # it reaches responses and /readyz
@@ -461,10 +463,16 @@ class Recommender:
             reason = f"online store unavailable ({self.health.last_error})"
         else:
             try:
-                return self.online.users([r.user_id for r in results])
+                users = self.online.users([r.user_id for r in results])
             except OnlineStoreUnavailable as error:
                 self.health.down(error)
                 reason = str(error)
+            else:
+                if self.health.lost:  # the reads answered from an empty store: say so
+                    for result in results:
+                        result.degraded = True
+                        result.reasons.append(self.health.lost)
+                return users
         for result in results:
             result.degraded = True
             result.reasons.append(reason)

@@ -6,7 +6,12 @@ Background threads (all daemons, stopped by `stop()`):
   `serving.experiment.VariantRouter`);
 * item feature cache refresh - every `item_cache_refresh_s` (see `serving.features`);
 * Redis health check - a PING every `health_check_interval_s`, marks the store up/down;
-* served-log writer - drains the sampled request records to parquet (see `serving.served_log`).
+* served-log writer - drains the sampled request records to parquet (see `serving.served_log`);
+* event-log writer - group commits of the events of `POST /events` (see `serving.event_log`).
+
+The health check also reads the materialization marker (`training.online_marker`): Redis that
+answers without it was emptied (no persistence), and the service says so (`/readyz` 503,
+responses `degraded`) until `python -m training restore-online` has run.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import faiss
 import numpy as np
 import torch
 
+from serving.event_log import EventLog
 from serving.events import EventIngestor
 from serving.experiment import VariantRouter
 from serving.features import ItemFeatureCache, OnlineFeatures, make_feature_store
@@ -29,6 +35,8 @@ from serving.recommender import Recommender, StoreHealth
 from serving.rules import RuleConfig
 from serving.served_log import ServedLog
 from serving.settings import ServingSettings
+from training.online_history import OnlineHistory
+from training.online_marker import marker_key, missing_marker_reason
 from training.settings import get_settings as get_training_settings
 from serving.redact import get_logger, redact
 
@@ -60,7 +68,10 @@ class Services:
                                        settings.item_feature_source, settings.max_batch,
                                        settings.batch_workers, settings.num_threads, settings.max_pending)
         self.cache.on_snapshot = self.recommender.prepare_snapshot
-        self.events = EventIngestor(self.online, settings.events_dir, get_training_settings().recent_history_length)
+        self.event_log = EventLog(settings.events_dir, settings.event_log_group_wait_ms / 1000.0)
+        self.events = EventIngestor(self.online, self.event_log,
+                                    OnlineHistory(self.store, get_training_settings().recent_history_length),
+                                    settings.idempotency_ttl_s)
         self.inflight = 0  # recommendation requests admitted and not answered (event-loop only)
         self._stop = threading.Event()
         self._health_thread: threading.Thread | None = None
@@ -124,6 +135,7 @@ class Services:
         self.variants.stop()
         self.cache.stop()
         self.served_log.close()
+        self.event_log.close()
         if self._health_thread is not None:
             self._health_thread.join(timeout=5)
         self.metrics.close()
@@ -131,9 +143,25 @@ class Services:
     def check_store(self) -> bool:
         if self.online.ping():
             self.health.up()
+            self.check_materialized()
         else:
             self.health.down(f"Redis PING failed ({redact(self.store.config.online_store.connection_string)})")
         return self.health.available
+
+    def check_materialized(self) -> None:
+        """Redis without persistence comes back empty: the materialization marker tells."""
+        try:
+            present = bool(self.online._client().exists(marker_key(self.store.config.project)))  # noqa: SLF001
+        except Exception:  # noqa: BLE001 - Redis went away between the PING and here
+            return
+        if not present:
+            if self.health.lost is None:
+                log.error("%s", missing_marker_reason(self.store.config.project))
+            self.health.lost = missing_marker_reason(self.store.config.project)
+            self.metrics.online_store_lost.inc()
+        elif self.health.lost is not None:
+            log.info("online store materialized again")
+            self.health.lost = None
 
     def _health_loop(self) -> None:
         while not self._stop.wait(self.settings.health_check_interval_s):
@@ -149,6 +177,7 @@ class Services:
         """Set the state gauges (Redis up, item cache age): after each health check and before
         `/metrics` answers (values, not callbacks: they must reach other workers' scrapes too)."""
         self.metrics.redis_up.set(1.0 if self.health.available else 0.0)
+        self.metrics.online_store_materialized.set(0.0 if self.health.lost else 1.0)
         snapshot = self.cache.snapshot
         self.metrics.item_cache_age.set(snapshot.age() if snapshot is not None else float("nan"))
 
@@ -159,17 +188,18 @@ class Services:
             log.warning("item cache load after Redis recovery failed: %s", error)
 
     def readiness(self) -> dict:
-        """Ready when every variant's bundle is loaded and Redis answers."""
+        """Ready when every variant's bundle is loaded and Redis answers with a materialization in it."""
         model = self.holder.current
         snapshot = self.cache.snapshot
         redis_ok = self.online.ping()
         if redis_ok:
             self.health.up()
+            self.check_materialized()
         else:
             self.health.down("Redis PING failed")
         models_ok = self.variants.ready
         return {
-            "ready": models_ok and redis_ok,
+            "ready": models_ok and redis_ok and self.health.lost is None,
             "model_loaded": models_ok,
             "model_version": model.version if model else None,
             "variants": self.variants.describe(),
@@ -178,6 +208,7 @@ class Services:
             "worker_pid": os.getpid(),
             "details": {k: v for k, v in {"model_error": self._model_error(),
                                           "redis_error": self.health.last_error,
+                                          "online_store_error": self.health.lost,
                                           "item_cache_error": self.cache.last_error}.items() if v},
         }
 

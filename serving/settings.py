@@ -189,6 +189,11 @@ class ServingSettings(BaseSettings):
     events_require_known_item: bool = True
     max_events_per_request: int = Field(1_000, ge=1, le=EVENTS_LIMIT, description="events per POST /events "
                                         f"(at most {EVENTS_LIMIT}, the schema's bound); more are answered 413")
+    event_log_group_wait_ms: float = Field(2.0, ge=0, le=1_000, description="the event-log writer waits this "
+                                           "long for more requests to put in the same file (0: only those "
+                                           "already queued)")
+    idempotency_ttl_s: int = Field(86_400, ge=1, description="how long an acknowledged event_id is remembered "
+                                   "(in Redis) to answer its retries as duplicates")
 
     # -- A/B test -------------------------------------------------------------------------------
     experiment: ExperimentSettings | None = Field(None, description="JSON; None: one bundle "

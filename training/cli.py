@@ -60,12 +60,38 @@ def generate(
 
 
 @app.command()
-def ingest(events: Path, users: Path, items: Path) -> None:
-    """Validate user-supplied raw files into the platform's layout (bad rows quarantined)."""
+def ingest(events: Path, users: Path, items: Path,
+           allow_empty: bool = typer.Option(False, help="let a file with no valid rows replace existing data")
+           ) -> None:
+    """Validate user-supplied raw files into the platform's layout (bad rows quarantined).
+
+    All or nothing: a file that cannot be read, or that would replace existing data with no rows,
+    stops the command (exit 1) and leaves the raw data and the quarantine as they were."""
+    from training.data.schema import EmptyIngestError, SchemaError
     from training.data.schema import ingest as run_ingest
 
     settings = get_settings()
-    console.print(run_ingest(events, users, items, settings.raw_dir, settings.quarantine_dir))
+    try:
+        counts = run_ingest(events, users, items, settings.raw_dir, settings.quarantine_dir, allow_empty)
+    except (SchemaError, EmptyIngestError, FileNotFoundError) as error:
+        console.print(f"[red]ingest failed, nothing was changed:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(counts)
+    _print_rejected_examples(settings.quarantine_dir, {"events": events, "users": users, "items": items})
+
+
+def _print_rejected_examples(quarantine_dir: Path, sources: dict[str, Path], limit: int = 5) -> None:
+    import pyarrow.parquet as pq
+
+    from training.data.schema import describe_rejected
+
+    for kind, source in sources.items():
+        rejected = pq.read_table(quarantine_dir / f"{kind}.parquet")
+        if rejected.num_rows:
+            console.print(f"{kind}: {rejected.num_rows} rows quarantined in {quarantine_dir / (kind + '.parquet')}",
+                          highlight=False, soft_wrap=True)
+            for row in rejected.slice(0, limit).to_pylist():
+                console.print("  " + describe_rejected(str(source), row), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -112,6 +138,21 @@ def materialize(end: Optional[str] = typer.Option(None, help="end time (default:
     started = time.perf_counter()
     feast_repo.materialize(EPOCH, end_time)
     console.print(f"Materialized up to {end_time} in {time.perf_counter() - started:.1f}s")
+
+
+@app.command("restore-online")
+def restore_online() -> None:
+    """Reload a lost online store: materialize everything, then replay each user's real-time
+    recent history from the raw event log (see training/restore_online.py)."""
+    from training.environment import ensure_redis
+    from training.restore_online import restore_online as run_restore
+
+    ensure_redis()
+    started = time.perf_counter()
+    result = run_restore(get_settings())
+    console.print(f"Online store restored up to {result.end} in {time.perf_counter() - started:.1f}s: "
+                  f"{result.histories_rewritten} of {result.users_in_log} users' recent histories "
+                  "rewritten from the event log")
 
 
 @app.command()

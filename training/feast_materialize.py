@@ -35,6 +35,7 @@ from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.registry.base_registry import BaseRegistry
 
 from training.feast_local_read import local_parquet_dir
+from training.online_marker import write_marker
 
 logger = logging.getLogger(__name__)
 ENGINE_TYPE = "training.feast_materialize.ArrowMaterializationEngine"
@@ -61,8 +62,19 @@ class ArrowMaterializationEngine(LocalComputeEngine):
         with (ThreadPoolExecutor(max_workers=_SPARK_QUERIES, thread_name_prefix="feast-source-read") as reader,
               ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-redis-write") as writer):
             started = {i: self._start(registry, tasks[i], reader, writer, **kwargs) for i in order}
-            return [job.result().result() if isinstance(job, Future) else job
+            jobs = [job.result().result() if isinstance(job, Future) else job
                     for job in (started[i] for i in range(len(tasks)))]
+        self._mark_materialized(tasks, jobs)
+        return jobs
+
+    def _mark_materialized(self, tasks: list[MaterializationTask], jobs: list[LocalMaterializationJob]) -> None:
+        """The online-store marker (training.online_marker), once every view of the run succeeded."""
+        client_of = getattr(self.online_store, "_get_client", None)
+        if client_of is None or any(job.status() != MaterializationJobStatus.SUCCEEDED for job in jobs):
+            return
+        write_marker(client_of(self.repo_config.online_store), self.repo_config.project,
+                     views=sorted(task.feature_view.name for task in tasks),
+                     end_time=max(task.end_time for task in tasks))
 
     def _start(self, registry: BaseRegistry, task: MaterializationTask, reader: ThreadPoolExecutor,
                writer: ThreadPoolExecutor, **kwargs) -> LocalMaterializationJob | Future[Future[LocalMaterializationJob]]:

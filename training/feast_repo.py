@@ -78,8 +78,9 @@ def project_name(repo: Path) -> str:
 
 def delete_online_rows(project: str) -> int:
     """Delete the Redis hashes of `project` (Feast's Redis store suffixes every key with the
-    project name, and its teardown scans the same `*<project>` pattern): what `feast teardown`
-    removes from Redis, without starting the CLI. Returns how many keys were deleted."""
+    project name, and its teardown scans the same `*<project>` pattern) and with them the
+    materialization marker (`training.online_marker`): what `feast teardown` removes from Redis,
+    without starting the CLI. Returns how many keys were deleted."""
     from training.environment import redis_client
 
     client = redis_client()

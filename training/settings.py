@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,13 @@ class Settings(BaseSettings):
     recent_history_granularity: Literal["day", "event"] = "day"
     price_bucket_edges: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0, 250.0)
     new_item_days: int = 14
+
+    # The time window of event and request times (training.data.time_window): nothing before
+    # `earliest_event_time`, nothing more than `max_future_skew` ahead of the clock of the machine
+    # checking it. Env: an ISO time (RECSYS_EARLIEST_EVENT_TIME=1995-01-01T00:00:00Z), and seconds
+    # or an ISO 8601 duration (RECSYS_MAX_FUTURE_SKEW=P1D).
+    earliest_event_time: datetime = datetime(1990, 1, 1, tzinfo=timezone.utc)
+    max_future_skew: timedelta = Field(default=timedelta(days=1), ge=timedelta(0))
 
     @property
     def redis_url(self) -> str:

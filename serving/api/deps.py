@@ -15,6 +15,7 @@ from serving.api.schemas import EARLIEST_TIME, ID_MAX, LATEST_TIME, as_utc, repr
 from serving.services import Services
 from serving.settings import K_LIMIT
 from training.data.schema import DEVICES
+from training.data.time_window import time_window
 
 
 async def get_services(request: Request) -> Services:
@@ -57,7 +58,9 @@ ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-
 async def time_param(time: Annotated[str | None, Query(
         max_length=40, pattern=ISO_DATETIME,
         description="request context: the request time, ISO 8601 (e.g. 2026-03-01T12:00:00Z; UTC if no "
-                    "offset), from 1970 to 2261; default now")] = None) -> datetime | None:
+                    "offset); default now. Within the time window: not before RECSYS_EARLIEST_EVENT_TIME, "
+                    "not more than RECSYS_MAX_FUTURE_SKEW ahead of the server's clock")] = None
+                     ) -> datetime | None:
     if time is None:
         return None
     try:
@@ -66,7 +69,11 @@ async def time_param(time: Annotated[str | None, Query(
         raise _time_error(f"not a valid date and time: {error}") from None
     if not representable(when):
         raise _time_error(f"must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
-    return as_utc(when)
+    when = as_utc(when)
+    problem = time_window().problem(when)
+    if problem:
+        raise _time_error(f"is {problem}")
+    return when
 
 
 def _time_error(message: str) -> ServingError:
@@ -90,6 +97,6 @@ async def require_api_key(services: ServicesDep,
 KParam = Annotated[int, Depends(k_param)]
 DeviceParam = Annotated[str, Depends(device_param)]
 TimeParam = Annotated[datetime | None, Depends(time_param)]
-UserId = Annotated[int, Path(ge=0, le=ID_MAX, description="user id (int64, >= 0)")]
-ItemId = Annotated[int, Path(ge=0, le=ID_MAX, description="item id (int64, >= 0)")]
+UserId = Annotated[int, Path(ge=0, le=ID_MAX, description="user id, 0..2^53-1")]
+ItemId = Annotated[int, Path(ge=0, le=ID_MAX, description="item id, 0..2^53-1")]
 ApiKeyRequired = Depends(require_api_key)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.settings import EVENTS_LIMIT
+from training.data.schema import EVENT_TYPES
+from training.data.time_window import time_window
 
-ID_MAX = 2**63 - 1  # user and item ids are int64 in the event log, Feast and the bundle's id maps
+# Ids through the API (paths and bodies): 0..2^53-1. Tighter than the raw schema's int64 because
+# JSON numbers are doubles for most clients (and in the OpenAPI bounds): larger ids would not
+# round-trip exactly.
+ID_MAX = 2**53 - 1
 # The times the request path can represent (pandas' nanosecond timestamps end in 2262); the
 # window allowed within them is the event-time rule's.
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -71,20 +76,28 @@ class SimilarItemsResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
         "user_id": 42, "item_id": 1234, "event_type": "click", "timestamp": "2026-03-01T12:00:00Z",
-        "device": "mobile"}})
+        "device": "mobile", "event_id": "3f2a9c1e-0b7d-4c55-9a61-2e8d7f4b1c20"}})
 
-    user_id: int = Field(ge=0, le=ID_MAX)
-    item_id: int = Field(ge=0, le=ID_MAX)
-    event_type: str = Field(max_length=32, description="view | click | add_to_cart | purchase")
-    timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now")
+    user_id: int = Field(ge=0, le=ID_MAX, description="0..2^53-1 (exact as a JSON number)")
+    item_id: int = Field(ge=0, le=ID_MAX, description="0..2^53-1 (exact as a JSON number)")
+    event_type: Literal[EVENT_TYPES] = Field(description="the kind of interaction")  # type: ignore[valid-type]
+    timestamp: datetime | None = Field(None, description="UTC if no offset is given; default: now. Within the "
+                                       "time window: not before RECSYS_EARLIEST_EVENT_TIME, not more than "
+                                       "RECSYS_MAX_FUTURE_SKEW ahead of the server's clock")
     device: str | None = Field(None, max_length=32, description="mobile | desktop | tablet; default from settings")
-    rating: float | None = Field(None, allow_inf_nan=False, description="1..5, optional")
+    rating: float | None = Field(None, ge=1, le=5, allow_inf_nan=False, description="1..5, optional")
+    event_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                                 description="idempotency key: an event whose id was acknowledged before "
+                                             "(within idempotency_ttl_s) is not written again")
 
     @field_validator("timestamp")
     @classmethod
-    def _representable(cls, value: datetime | None) -> datetime | None:
+    def _within_time_window(cls, value: datetime | None) -> datetime | None:
         if value is not None and not representable(value):
             raise ValueError(f"timestamp must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
+        problem = None if value is None else time_window().problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -95,7 +108,8 @@ class EventBatch(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events written (duplicates not included)")
+    duplicates: int = Field(0, description="events whose event_id was acknowledged before: not written again")
     users: list[int]
     files: list[str] = Field(description="event-log parquet files written, relative to the event log folder "
                                          "(raw events layout)")

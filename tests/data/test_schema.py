@@ -148,7 +148,8 @@ def test_bad_event_rows_are_quarantined_with_reasons() -> None:
         "null device",
         "unknown device",
     ]
-    assert result.rejected.schema.names == [*EVENTS_SCHEMA.names, "reject_reason"]
+    assert result.rejected.schema.names == [*EVENTS_SCHEMA.names, "reject_reason", "source_row"]
+    assert result.rejected.column("source_row").to_pylist() == [2, 3, 4, 5, 6, 8, 9]
     assert result.n_rejected == 7
     assert result.summary().startswith("events: 7 of 9 rows rejected (1 null user_id, ")
 

@@ -28,6 +28,7 @@ from training.feast_offline import AsofSparkOfflineStore
 from training.data.synthetic import GeneratorConfig, generate
 from training.environment import redis_client, redis_reachable
 from training.features.pipeline import run_feature_pipeline
+from training.online_marker import marker_key, read_marker
 from training.settings import Settings
 
 pytestmark = [pytest.mark.slow,
@@ -86,11 +87,21 @@ def world(spark, tmp_path_factory):
 
 
 def _hashes(repo: Path) -> dict[bytes, dict[bytes, bytes]]:
-    """Every entity hash of the repo's project, keyed without the project suffix."""
+    """Every entity hash of the repo's project, keyed without the project suffix (the
+    materialization marker, a string key, left out)."""
     project = feast_repo.project_name(repo).encode()
     client = redis_client()
     return {key[:-len(project)]: client.hgetall(key)
-            for key in client.scan_iter(match=b"*" + project, count=10_000)}
+            for key in client.scan_iter(match=b"*" + project, count=10_000)
+            if key != marker_key(project.decode())}
+
+
+def test_only_the_project_engine_marks_the_store_materialized(world):
+    _, repos, _ = world
+    client = redis_client()
+    marker = read_marker(client, feast_repo.project_name(repos["fast"]))
+    assert marker is not None and len(marker["views"]) == 6 and marker["end_time"].startswith(str(END.date()))
+    assert read_marker(client, feast_repo.project_name(repos["builtin"])) is None  # Feast's own engine
 
 
 def _latest(settings: Settings, view: str) -> pd.DataFrame:

@@ -74,7 +74,7 @@ def test_openapi_states_the_bounds(http, services):
     parameters = {p["name"]: p for p in schema["paths"]["/recommendations/{user_id}"]["get"]["parameters"]}
     k_bounds = next(option for option in parameters["k"]["schema"]["anyOf"] if "maximum" in option)
     assert (k_bounds["minimum"], k_bounds["maximum"]) == (1, services.settings.max_k)
-    assert parameters["user_id"]["schema"]["maximum"] == 2**63 - 1
+    assert parameters["user_id"]["schema"]["maximum"] == 2**53 - 1
     assert parameters["user_id"]["schema"]["minimum"] == 0
     assert "pattern" in next(o for o in parameters["time"]["schema"]["anyOf"] if o.get("type") == "string")
     events = schema["components"]["schemas"]["EventBatch"]["properties"]["events"]

@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from training.data.time_window import OUTSIDE_WINDOW, time_window
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 EVENT_GAIN: dict[str, int] = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
@@ -74,6 +77,8 @@ PRIMARY_KEYS: dict[str, str] = {"users": "user_id", "items": "item_id"}
 
 EVENT_DATE_COLUMN = "event_date"
 REJECT_REASON_COLUMN = "reject_reason"
+# 1-based number of the row in its input file (the header line not counted), in quarantine files.
+SOURCE_ROW_COLUMN = "source_row"
 
 
 class SchemaError(ValueError):
@@ -126,7 +131,8 @@ class ValidationResult:
     kind: str
     source: str
     valid: pa.Table
-    rejected: pa.Table  # the schema's columns + ``reject_reason``
+    rejected: pa.Table  # the schema's columns + ``reject_reason`` + ``source_row``
+    valid_rows: pa.Array | None = None  # the input row number of each valid row
 
     @property
     def n_valid(self) -> int:
@@ -151,6 +157,10 @@ class ValidationResult:
         if self.n_rejected:
             text += " (" + ", ".join(f"{n} {reason}" for reason, n in self.reason_counts().items()) + ")"
         return text
+
+    def examples(self, limit: int = 5) -> list[str]:
+        """The first rejected rows as ``<file> row N: <reason> (value ...)``, for error messages."""
+        return [describe_rejected(self.source, row) for row in self.rejected.slice(0, limit).to_pylist()]
 
 
 def validate_table(table: pa.Table, kind: str, source: str = "<table>") -> ValidationResult:
@@ -183,11 +193,27 @@ def _cast_column(column: pa.ChunkedArray, field: pa.Field, source: str) -> pa.Ch
     if pa.types.is_floating(actual):
         column = _nan_to_null(column)
     try:
-        if pa.types.is_timestamp(field.type) and _is_stringish(actual):
-            return _parse_timestamp_strings(column)
-        return pc.cast(column, options=pc.CastOptions(target_type=field.type, allow_time_truncate=True))
+        return _cast_values(column, field)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise _type_error(source, field, actual, detail=str(exc)) from exc
+        raise _cast_error(source, field, column, str(exc)) from exc
+
+
+def _cast_values(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(field.type) and _is_stringish(column.type):
+        return _parse_timestamp_strings(column)
+    return pc.cast(column, options=pc.CastOptions(target_type=field.type, allow_time_truncate=True))
+
+
+def _cast_error(source: str, field: pa.Field, column: pa.ChunkedArray, detail: str) -> SchemaError:
+    """Name the first value that does not cast, with its row number (the whole column's cast does
+    not say which one; this runs only on the error path)."""
+    for row, value in enumerate(column.to_pylist(), start=1):
+        try:
+            _cast_values(pa.chunked_array([pa.array([value], type=column.type)]), field)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return SchemaError(source, f"column {field.name} has type {column.type}, expected {field.type}: "
+                                       f"row {row}, value {_clip(value)!r} cannot be read", (field.name,))
+    return _type_error(source, field, column.type, detail=detail)
 
 
 def _is_castable_kind(actual: pa.DataType, target: pa.DataType) -> bool:
@@ -213,14 +239,18 @@ def _is_stringish(data_type: pa.DataType) -> bool:
     )
 
 
+_ZONE_SUFFIX = r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+
+
 def _parse_timestamp_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """ISO-8601 strings: with a zone offset they are converted to UTC, without one taken as UTC."""
+    """ISO-8601 strings: with a zone offset they are converted to UTC, without one taken as UTC
+    (a column may mix both)."""
     column = column.cast(pa.string())
-    try:
-        return column.cast(TIMESTAMP)
-    except pa.ArrowInvalid:
-        naive = column.cast(pa.timestamp("ns"))  # no offset: wall-clock time, treated as UTC
-        return pc.cast(naive, options=pc.CastOptions(target_type=TIMESTAMP, allow_time_truncate=True))
+    zoned = pc.fill_null(pc.match_substring_regex(column, _ZONE_SUFFIX), False)
+    with_zone = pc.if_else(zoned, column, pa.scalar(None, pa.string())).cast(TIMESTAMP)
+    naive = pc.if_else(zoned, pa.scalar(None, pa.string()), column).cast(pa.timestamp("us"))
+    as_utc = pc.cast(naive, options=pc.CastOptions(target_type=TIMESTAMP, allow_time_truncate=True))
+    return pc.if_else(zoned, with_zone, as_utc)
 
 
 def _nan_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -254,6 +284,10 @@ def _outside(name: str, low: float, high: float) -> Callable[[pa.Table], pa.Arra
     return lambda t: pc.fill_null(pc.or_(pc.less(t.column(name), low), pc.greater(t.column(name), high)), False)
 
 
+def _outside_time_window(name: str) -> Callable[[pa.Table], pa.Array]:
+    return lambda t: time_window().outside(t.column(name))
+
+
 def _id_rules(name: str) -> list[RowRule]:
     return [(f"null {name}", _is_null(name)), (f"negative {name}", _is_negative(name))]
 
@@ -263,6 +297,7 @@ ROW_RULES: dict[str, list[RowRule]] = {
         *_id_rules("user_id"),
         *_id_rules("item_id"),
         ("null event_timestamp", _is_null("event_timestamp")),
+        (f"event_timestamp {OUTSIDE_WINDOW}", _outside_time_window("event_timestamp")),
         ("null event_type", _is_null("event_type")),
         ("unknown event_type", _not_in("event_type", EVENT_TYPES)),
         ("rating out of range", _outside("rating", *RATING_RANGE)),
@@ -300,6 +335,28 @@ def _row_reject_reasons(table: pa.Table, kind: str) -> np.ndarray:
     return reasons
 
 
+def describe_rejected(source: str, row: dict) -> str:
+    """A quarantined row in words: file, row number, reason, column and offending value."""
+    return f"{source} row {row[SOURCE_ROW_COLUMN]}: {row[REJECT_REASON_COLUMN]}{_offending_value(row)}"
+
+
+def _offending_value(row: dict) -> str:
+    """`, <column> = <value>` for the column a reject reason names (e.g. `unknown event_type`)."""
+    reason = row[REJECT_REASON_COLUMN]
+    column = next((name for name in row if name not in (REJECT_REASON_COLUMN, SOURCE_ROW_COLUMN)
+                   and name in reason.split()), None)
+    return "" if column is None else f", column {column} = {_clip(row[column])!r}"
+
+
+def _clip(value: object, limit: int = 80) -> object:
+    """A value as it may appear in a message: times in ISO 8601, long text cut short."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "..."
+    return value
+
+
 def _to_bool_numpy(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -315,13 +372,19 @@ def _duplicated(column: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
     return duplicated
 
 
-def _split_by_reason(table: pa.Table, reasons: np.ndarray, kind: str, source: str) -> ValidationResult:
-    """Rows whose reason is None are valid; the others are rejected with that reason."""
+def _split_by_reason(table: pa.Table, reasons: np.ndarray, kind: str, source: str,
+                     source_rows: pa.Array | None = None) -> ValidationResult:
+    """Rows whose reason is None are valid; the others are rejected with that reason and their row
+    number in the input (`source_rows`: those of `table`'s rows, default 1..n)."""
+    if source_rows is None:
+        source_rows = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int64))
     reason_array = pa.array(reasons, type=pa.string())
     bad = pc.is_valid(reason_array)
     valid = table.filter(pc.invert(bad))
-    rejected = table.filter(bad).append_column(REJECT_REASON_COLUMN, reason_array.filter(bad))
-    return ValidationResult(kind=kind, source=source, valid=valid, rejected=rejected)
+    rejected = (table.filter(bad).append_column(REJECT_REASON_COLUMN, reason_array.filter(bad))
+                .append_column(SOURCE_ROW_COLUMN, source_rows.filter(bad)))
+    return ValidationResult(kind=kind, source=source, valid=valid, rejected=rejected,
+                            valid_rows=source_rows.filter(pc.invert(bad)))
 
 
 def reject_unknown_keys(result: ValidationResult, column: str, known: pa.Array) -> ValidationResult:
@@ -329,13 +392,10 @@ def reject_unknown_keys(result: ValidationResult, column: str, known: pa.Array) 
     unknown = _to_bool_numpy(pc.invert(pc.is_in(result.valid.column(column), known)))
     reasons = np.full(result.valid.num_rows, None, dtype=object)
     reasons[unknown] = f"unknown {column}"
-    extra = _split_by_reason(result.valid, reasons, result.kind, result.source)
-    return ValidationResult(
-        kind=result.kind,
-        source=result.source,
-        valid=extra.valid,
-        rejected=pa.concat_tables([result.rejected, extra.rejected]),
-    )
+    extra = _split_by_reason(result.valid, reasons, result.kind, result.source, result.valid_rows)
+    rejected = pa.concat_tables([result.rejected, extra.rejected]).sort_by(SOURCE_ROW_COLUMN)
+    return ValidationResult(kind=result.kind, source=result.source, valid=extra.valid, rejected=rejected,
+                            valid_rows=extra.valid_rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,17 +403,31 @@ def reject_unknown_keys(result: ValidationResult, column: str, known: pa.Array) 
 # --------------------------------------------------------------------------------------------
 
 
-def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write one parquet file via a hidden temp file in the same directory + ``os.replace``."""
+def write_table_atomic(table: pa.Table, path: str | Path, durable: bool = False) -> Path:
+    """Write one parquet file via a hidden temp file in the same directory + ``os.replace``.
+    ``durable``: the file and then its directory entry are fsync'd, so a crash right after the
+    return cannot lose it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def event_dates(timestamps: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -362,7 +436,8 @@ def event_dates(timestamps: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return micros.astype("datetime64[us]").astype("datetime64[D]")
 
 
-def write_events_partitioned(table: pa.Table, events_dir: str | Path, part_name: str) -> list[Path]:
+def write_events_partitioned(table: pa.Table, events_dir: str | Path, part_name: str,
+                             durable: bool = False) -> list[Path]:
     """Write ``events_dir/event_date=YYYY-MM-DD/<part_name>.parquet`` for each UTC date present.
 
     Rows are conformed to EVENTS_SCHEMA (so ``event_date`` is never stored in the files: it is the
@@ -379,7 +454,7 @@ def write_events_partitioned(table: pa.Table, events_dir: str | Path, part_name:
     for day in np.unique(dates):
         part = table.filter(pa.array(dates == day)).sort_by("event_timestamp")
         path = Path(events_dir) / f"{EVENT_DATE_COLUMN}={day}" / f"{part_name}.parquet"
-        written.append(write_table_atomic(part, path))
+        written.append(write_table_atomic(part, path, durable=durable))
     return written
 
 
@@ -406,6 +481,13 @@ def staging_directory(target: Path) -> Path:
 # Ingestion of user-supplied files
 # --------------------------------------------------------------------------------------------
 
+RAW_KINDS: tuple[str, ...] = ("events", "users", "items")
+RAW_SUBDIRS: dict[str, str] = {"events": "events", "users": "users", "items": "items"}
+
+
+class EmptyIngestError(ValueError):
+    """The new data has no valid rows of a kind that the raw data holds now."""
+
 
 def ingest(
     events_path: str | Path,
@@ -413,42 +495,94 @@ def ingest(
     items_path: str | Path,
     raw_dir: str | Path,
     quarantine_dir: str | Path,
+    allow_empty: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Validate user-supplied files and write them into the canonical layout under ``raw_dir``.
 
     The new data replaces what ``raw_dir`` held (users, items and all event partitions), so
     events always refer to the users/items written with them. Events whose user or item is not
     in the (valid) users / items are rejected as ``unknown user_id`` / ``unknown item_id``.
-    Rejected rows go to ``quarantine_dir/<kind>.parquet`` (rewritten on every run, possibly empty).
+    Rejected rows go to ``quarantine_dir/<kind>.parquet`` with their reason and input row number
+    (the quarantine folder is replaced as a whole, so no file of an earlier run stays).
 
-    Returns ``{kind: {"valid": n, "rejected": n}}``.
-    Everything is validated before anything is written: a SchemaError leaves ``raw_dir`` as it was.
+    All or nothing: everything is validated, then written into staging folders, then swapped in
+    by renames; any failure before the swap leaves ``raw_dir`` and ``quarantine_dir`` as they were.
+    A kind with no valid rows does not replace existing data (:class:`EmptyIngestError`) unless
+    ``allow_empty``. Returns ``{kind: {"valid": n, "rejected": n}}``.
     """
     raw_dir, quarantine_dir = Path(raw_dir), Path(quarantine_dir)
-    users = _validate_file(users_path, "users")
-    items = _validate_file(items_path, "items")
-    events = _validate_file(events_path, "events")
+    results = validate_files({"events": events_path, "users": users_path, "items": items_path})
+    if not allow_empty:
+        _refuse_empty(results, raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    quarantine_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging_raw, staging_quarantine = staging_directory(raw_dir), staging_directory(quarantine_dir)
+    try:
+        _write_raw(results, staging_raw)
+        for kind, result in results.items():
+            write_table_atomic(result.rejected, staging_quarantine / f"{kind}.parquet")
+        swap_directories([(staging_raw / RAW_SUBDIRS[k], raw_dir / RAW_SUBDIRS[k]) for k in RAW_KINDS])
+        replace_directory(staging_quarantine, quarantine_dir)
+    finally:
+        shutil.rmtree(staging_raw, ignore_errors=True)
+        shutil.rmtree(staging_quarantine, ignore_errors=True)
+    return {kind: {"valid": r.n_valid, "rejected": r.n_rejected} for kind, r in results.items()}
+
+
+def validate_files(paths: dict[str, str | Path]) -> dict[str, ValidationResult]:
+    """Every file validated (users and items first: events must refer to their valid rows)."""
+    users = _validate_file(paths["users"], "users")
+    items = _validate_file(paths["items"], "items")
+    events = _validate_file(paths["events"], "events")
     events = reject_unknown_keys(events, "user_id", users.valid.column("user_id").combine_chunks())
     events = reject_unknown_keys(events, "item_id", items.valid.column("item_id").combine_chunks())
+    return {"events": events, "users": users, "items": items}
 
-    _replace_events(events.valid, raw_dir / "events", part_name="part-00000")
-    write_table_atomic(users.valid, raw_dir / "users" / "users.parquet")
-    write_table_atomic(items.valid, raw_dir / "items" / "items.parquet")
-    results = {"events": events, "users": users, "items": items}
+
+def _refuse_empty(results: dict[str, ValidationResult], raw_dir: Path) -> None:
     for kind, result in results.items():
-        write_table_atomic(result.rejected, quarantine_dir / f"{kind}.parquet")
-    return {kind: {"valid": r.n_valid, "rejected": r.n_rejected} for kind, r in results.items()}
+        if result.n_valid == 0 and _holds_data(raw_dir / RAW_SUBDIRS[kind]):
+            why = "it has no rows" if result.n_total == 0 else f"all {result.n_total} rows are invalid"
+            examples = "; ".join(result.examples(3))
+            raise EmptyIngestError(
+                f"{result.source}: {why}; refusing to replace the {kind} in {raw_dir} with nothing "
+                f"(pass --allow-empty to do so){': ' + examples if examples else ''}")
+
+
+def _holds_data(directory: Path) -> bool:
+    return directory.is_dir() and any(p.name.endswith(".parquet") and not p.name.startswith((".", "_"))
+                                      for p in directory.rglob("*.parquet"))
+
+
+def _write_raw(results: dict[str, ValidationResult], target: Path) -> None:
+    write_events_partitioned(results["events"].valid, target / RAW_SUBDIRS["events"], part_name="part-00000")
+    (target / RAW_SUBDIRS["events"]).mkdir(exist_ok=True)  # no events at all: an empty log
+    write_table_atomic(results["users"].valid, target / RAW_SUBDIRS["users"] / "users.parquet")
+    write_table_atomic(results["items"].valid, target / RAW_SUBDIRS["items"] / "items.parquet")
+
+
+def swap_directories(pairs: list[tuple[Path, Path]]) -> None:
+    """Move each fully written ``staging`` folder onto its ``target``, as one step: the old targets
+    are moved aside first and moved back if any rename fails, then deleted."""
+    moved_aside: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for staging, target in pairs:
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+                os.replace(target, old)
+                moved_aside.append((old, target))
+            os.replace(staging, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            shutil.rmtree(target, ignore_errors=True)
+        for old, target in moved_aside:
+            os.replace(old, target)
+        raise
+    for old, _ in moved_aside:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _validate_file(path: str | Path, kind: str) -> ValidationResult:
     return validate_table(read_raw_file(path), kind, source=str(path))
-
-
-def _replace_events(events: pa.Table, events_dir: Path, part_name: str) -> None:
-    events_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_directory(events_dir)
-    try:
-        write_events_partitioned(events, staging, part_name)
-        replace_directory(staging, events_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

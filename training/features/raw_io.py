@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from training.data.schema import DEVICES, EVENT_TYPES, SCHEMAS, SchemaError
+from training.data.time_window import OUTSIDE_WINDOW, time_window
 
 # Spark types each raw column may arrive as; all are cast to the first one.
 _ACCEPTED_SPARK_TYPES: dict[pa.DataType, tuple[type, ...]] = {
@@ -54,10 +55,13 @@ def conform(df: DataFrame, kind: str, source: Path) -> DataFrame:
 
 
 def _event_reject_reason() -> Column:
+    window = time_window()
     rules = [
         (F.col("user_id").isNull() | (F.col("user_id") < 0), "invalid user_id"),
         (F.col("item_id").isNull() | (F.col("item_id") < 0), "invalid item_id"),
         (F.col("event_timestamp").isNull(), "null event_timestamp"),
+        ((F.col("event_timestamp") < F.lit(window.earliest)) | (F.col("event_timestamp") > F.lit(window.latest())),
+         f"event_timestamp {OUTSIDE_WINDOW}"),
         (~F.col("event_type").isin(*EVENT_TYPES) | F.col("event_type").isNull(), "unknown event_type"),
         (F.col("rating").isNotNull() & ~F.col("rating").between(1.0, 5.0), "rating outside 1..5"),
         (~F.col("device").isin(*DEVICES) | F.col("device").isNull(), "unknown device"),
