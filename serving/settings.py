@@ -169,6 +169,12 @@ class ServingSettings(BaseSettings):
     events_require_known_item: bool = True
     max_events_per_request: int = Field(1_000, ge=1)
 
+    # -- explorer -------------------------------------------------------------------------------
+    ui_enabled: bool = Field(True, description="serve the recommendation explorer at /ui and the reports "
+                                               "folder, read-only, at /reports")
+    reports_dir: Path = Field(default_factory=lambda: get_training_settings().reports_dir,
+                              description="the training and monitoring reports the explorer links to")
+
     # -- A/B test -------------------------------------------------------------------------------
     experiment: ExperimentSettings | None = Field(None, description="JSON; None: one bundle "
                                                   "(bundle_version) for everybody, variant null")
