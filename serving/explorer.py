@@ -8,6 +8,7 @@ only for the items a page shows: the ranking path never reads titles, so its cos
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 from feast import FeatureStore
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import RedisError
 
 from serving.recommender import Recommendation
 from training.retrieval.inputs import HISTORY_COLUMN
 
+log = logging.getLogger("serving.explorer")
 ITEM_DESCRIPTION = ["item_profile:title", "item_profile:item_category"]
 RECOMMENDATIONS_ROUTE = "/recommendations/{user_id}"
 REPORT_PATTERNS = {"training": "training/*/report.html", "drift": "monitoring/*/drift/drift_report.html",
@@ -33,8 +36,12 @@ def describe_items(store: FeatureStore, item_ids: Sequence[int]) -> dict[int, di
     ids = list(dict.fromkeys(int(i) for i in item_ids))
     if not ids:
         return {}
-    found = store.get_online_features(features=ITEM_DESCRIPTION,
-                                      entity_rows=[{"item_id": i} for i in ids]).to_dict()
+    try:
+        found = store.get_online_features(features=ITEM_DESCRIPTION,
+                                          entity_rows=[{"item_id": i} for i in ids]).to_dict()
+    except (RedisError, OSError) as error:  # the page still shows ids and the ranking
+        log.warning("item titles unavailable: %s", error)
+        return {}
     return {i: {"title": title, "category": category}
             for i, title, category in zip(ids, found["title"], found["item_category"])}
 
