@@ -46,6 +46,17 @@ def describe_items(store: FeatureStore, item_ids: Sequence[int]) -> dict[int, di
             for i, title, category in zip(ids, found["title"], found["item_category"])}
 
 
+def plain(value: Any) -> Any:
+    """`value` with numpy scalars and arrays as Python values, for a JSON response."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
+
+
 def recent_history(user_features: dict[str, Any]) -> list[int]:
     """The user's recent item ids, most recent first (Feast's `user_recent_history`)."""
     history = user_features.get(HISTORY_COLUMN) or []
@@ -81,12 +92,12 @@ def user_page(result: Recommendation, history: list[int], store: FeatureStore) -
                         "ranker_rank": explained[item["item_id"]]["ranker_rank"],
                         "rule_adjustment": explained[item["item_id"]]["rule_adjustment"]}
                        for item in result.items]
-    return {"user_id": result.user_id, "model_version": result.model_version, "variant": result.variant,
+    return plain({"user_id": result.user_id, "model_version": result.model_version, "variant": result.variant,
             "cold_start": result.cold_start, "degraded": result.degraded, "reasons": result.reasons,
             "n_candidates": result.n_candidates, "left_out_by_rules": explanation["left_out_by_rules"],
             "timings_ms": result.timings_ms,
             "history": [{"item_id": i, **described.get(i, {})} for i in history],
-            "recommendations": recommendations}
+            "recommendations": recommendations})
 
 
 def with_titles(similar: dict[str, Any], store: FeatureStore) -> dict[str, Any]:
@@ -94,7 +105,7 @@ def with_titles(similar: dict[str, Any], store: FeatureStore) -> dict[str, Any]:
     described = describe_items(store, [similar["item_id"]] + [i["item_id"] for name in lists for i in similar[name]])
     titled = {name: [{**i, "title": described.get(i["item_id"], {}).get("title")} for i in similar[name]]
               for name in lists}
-    return {**similar, **titled, "item": {"item_id": similar["item_id"], **described.get(similar["item_id"], {})}}
+    return plain({**similar, **titled, "item": {"item_id": similar["item_id"], **described.get(similar["item_id"], {})}})
 
 
 # -- live figures from the Prometheus exposition ---------------------------------------------------

@@ -3,13 +3,15 @@ what the rules did, and the reports folder's boundaries."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from serving.explorer import LiveFigures, explain, histogram_quantile, latest_reports, report_file
+from serving.explorer import (LiveFigures, explain, histogram_quantile, latest_reports, report_file, user_page,
+                              with_titles)
 from serving.metrics import ServingMetrics
 from serving.recommender import Recommendation
 
@@ -85,3 +87,40 @@ def test_latest_reports_are_the_newest_of_each_kind(tmp_path):
     assert latest_reports(tmp_path) == {"training": None, "drift": "monitoring/demo-2/drift/drift_report.html",
                                         "ab": "monitoring/demo-2/ab/ab_report.html"}
     assert latest_reports(tmp_path / "missing") == {"training": None, "drift": None, "ab": None}
+
+
+class FakeStore:
+    """Feast's `get_online_features(...).to_dict()` for item titles and categories."""
+
+    def get_online_features(self, features, entity_rows):
+        ids = [row["item_id"] for row in entity_rows]
+
+        class Found:
+            def to_dict(self):
+                return {"item_id": ids, "title": [f"title {i}" for i in ids],
+                        "item_category": ["books" if i != 3 else None for i in ids]}
+        return Found()
+
+
+def test_the_user_page_is_plain_json_with_titles_next_to_history_and_recommendations():
+    items = [{"item_id": np.int64(7), "score": np.float32(1.5), "ranker_score": 1.0, "source": "covisit",
+              "category": None, "is_new": True}]
+    result = _result(items, np.array([1.0, 0.5], dtype=np.float32))
+    result.n_candidates = np.int64(2)  # as the recommender sets it
+    page = user_page(result, [3, 5], FakeStore())
+    json.dumps(page)  # nothing numpy left
+    assert [(h["item_id"], h["title"], h["category"]) for h in page["history"]] == \
+        [(3, "title 3", None), (5, "title 5", "books")]
+    top = page["recommendations"][0]
+    assert (top["title"], top["category"], top["ranker_rank"], top["rule_adjustment"]) == ("title 7", "books", 1, 0.5)
+    assert page["n_candidates"] == 2 and page["left_out_by_rules"] == 0
+
+
+def test_similar_items_get_titles_and_plain_numbers():
+    similar = {"item_id": 7, "model_version": "v", "embedding_neighbours": [
+        {"item_id": np.int64(3), "score": np.float32(0.9), "source": "two_tower", "category": None}],
+        "covisitation": [{"item_id": 5, "score": np.float64(2.0), "source": "covisit", "category": "books"}]}
+    found = with_titles(similar, FakeStore())
+    json.dumps(found)
+    assert found["item"] == {"item_id": 7, "title": "title 7", "category": "books"}
+    assert [i["title"] for i in found["embedding_neighbours"] + found["covisitation"]] == ["title 3", "title 5"]
