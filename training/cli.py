@@ -129,7 +129,7 @@ def demo(
     with story_log(get_settings().data_dir / "logs", "demo") as story:
         story.stage("doctor", doctor, lambda _: "Java and Redis ok")
         story.stage("generate", generate_stage, lambda r: f"{r.n_events:,} events, {r.n_users:,} users, "
-                                                          f"{r.n_items:,} items -> {r.raw_dir}")
+                                                          f"{r.n_items:,} items")
         run_platform_stages(story, train_stage, "demo")
 
 
@@ -176,7 +176,7 @@ def movielens(
 
     with story_log(settings.data_dir / "logs", "movielens") as story:
         story.stage("doctor", doctor, lambda _: "Java and Redis ok")
-        story.stage("ingest", ingest_stage, lambda counts: f"{source} -> {settings.raw_dir}")
+        story.stage("ingest", ingest_stage, lambda counts: f"MovieLens-100K from {source}")
         run_platform_stages(story, train_stage, "movielens", serve=serve)
 
 
@@ -186,8 +186,7 @@ def run_platform_stages(story, train_stage, name: str, serve: bool = True) -> No
     from training.summary import DemoSummary, print_summary, read_metrics
 
     story.stage("features", lambda: features(start=None, end=None),
-                lambda r: f"{sum(r.rows.values()):,} rows in {len(r.rows)} tables, snapshots "
-                          f"{r.first_snapshot} .. {r.last_snapshot}")
+                lambda r: f"{sum(r.rows.values()):,} rows, {len(r.rows)} tables, {r.first_snapshot}..{r.last_snapshot}")
     story.stage("apply", apply, lambda _: "feature_repo/ registered with Feast")
     story.stage("materialize", lambda: materialize(end=None), lambda end: f"latest values up to {end} -> Redis")
     bundle = story.stage("train", train_stage, lambda b: f"bundle {b.name}")
