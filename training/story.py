@@ -81,6 +81,9 @@ class Story:
         try:
             with _spinner(console, name) if console.is_terminal else nullcontext():
                 result = run()
+        except KeyboardInterrupt:
+            console.print(f"[bold yellow]interrupted[/] {name:<12} {time.perf_counter() - started:7.1f}s")
+            raise
         except Exception as error:
             seconds = time.perf_counter() - started
             traceback.print_exc()  # into the log
