@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 export REDIS_URL ?= localhost:6379
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo movielens test test-fast serve bench bench-movielens lock clean doctor
+.PHONY: install browser demo movielens test test-fast serve bench bench-movielens lock clean doctor feast-ui
 
 $(INSTALLED): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -20,9 +20,20 @@ $(INSTALLED): requirements.lock pyproject.toml
 	@# compiled here because environments with PYTHONDONTWRITEBYTECODE never cache it. Files some
 	@# packages ship for other Python versions fail to compile; that is expected.
 	$(PY) -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null 2>&1 || true
+	@$(MAKE) --no-print-directory browser
 	touch $@
 
 install: $(INSTALLED)
+
+# Debian's Chromium for the explorer's browser tests (driven by Playwright, no browser download).
+# Installed when missing and possible (root with apt-get); otherwise those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (apt-get) for the browser tests"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) >/dev/null 2>&1 \
+	    || echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "chromium not found (needs root and apt-get to install): the browser tests will skip"; fi
 
 doctor: install
 	$(PY) -m training doctor
@@ -36,6 +47,10 @@ movielens: install
 
 serve: install
 	$(PY) -m serving
+
+# Feast's web UI on the shipped repository (entities, views, services): http://localhost:8888
+feast-ui: install
+	$(VENV)/bin/feast ui --host 127.0.0.1 --port 8888
 
 test: install
 	$(PY) -m training doctor

@@ -5,6 +5,7 @@ Endpoints (OpenAPI docs at /docs):
   GET  /similar-items/{item_id}?k=10                   FAISS neighbours + co-visitation
   POST /events                                         log events, push the recent history online
   GET  /healthz  /readyz  /metrics  /model             operations
+  GET  /ui  /ui/api/*  /reports/*                      the recommendation explorer (RECSYS_SERVING_UI_ENABLED)
 
 The lifespan builds `serving.services.Services` (Feast store, item cache, model holder, served
 log), loads the bundle and starts the background threads; shutdown stops them and flushes the log.
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.api import events, items, ops, recommendations
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodySizeLimit, CatchAll
+from serving.api.explorer import install_explorer
 from serving.services import Services
 from serving.settings import ServingSettings, get_serving_settings
 from serving.redact import get_logger
@@ -103,6 +105,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     for router in (recommendations.router, items.router, events.router, ops.router):
         app.include_router(router)
     _state_max_k(app, settings.max_k)
+    if settings.ui_enabled:
+        install_explorer(app)
 
     # Outermost last: metrics see every answer, 413s and last-resort 500s included.
     app.add_middleware(CatchAll)

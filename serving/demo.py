@@ -1,5 +1,5 @@
 """Demo traffic: start the service with a two-variant A/B test, send a realistic stream of requests
-and events, show a few recommendations with item titles, stop the service cleanly, then write the
+and events, read a few users' recommendations with item titles, stop the service cleanly, then write the
 drift report and the A/B report on that traffic. Used by `make demo`.
 
 The traffic runs on a simulated clock that starts where the data the model was trained on ends
@@ -27,7 +27,6 @@ from pathlib import Path
 import httpx
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from serving.settings import LATEST_BUNDLE, ExperimentSettings, ServingSettings, VariantSettings, get_serving_settings
 from training.data.schema import DEVICES, EVENT_TYPES
@@ -140,9 +139,10 @@ class TrafficProfile:
 
 
 def send_traffic(client: httpx.Client, users: list[int] | TrafficProfile, item_ids: list[int], n_requests: int,
-                 clock: DemoClock, seed: int = 0) -> dict[str, int]:
+                 clock: DemoClock, seed: int = 0, latencies_ms: list[float] | None = None) -> dict[str, int]:
     """Requests from known users (and a few unknown ones) at the clock's times; after some, the
-    user clicks what was recommended a few minutes later, as events posted back to the service."""
+    user clicks what was recommended a few minutes later, as events posted back to the service.
+    Each recommendation's round-trip time is appended to `latencies_ms` when given."""
     profile = users if isinstance(users, TrafficProfile) else TrafficProfile(list(users))
     rng = random.Random(seed)
     counts = {"requests": 0, "events": 0, "errors": 0}
@@ -153,6 +153,8 @@ def send_traffic(client: httpx.Client, users: list[int] | TrafficProfile, item_i
         response = client.get(f"/recommendations/{user}",
                               params={"k": 10, "device": profile.device(rng), "time": when.isoformat()})
         counts["requests"] += 1
+        if latencies_ms is not None:
+            latencies_ms.append(response.elapsed.total_seconds() * 1000)
         if response.status_code != 200:
             counts["errors"] += 1
             continue
@@ -165,19 +167,6 @@ def send_traffic(client: httpx.Client, users: list[int] | TrafficProfile, item_i
             if client.post("/events", json=event).status_code != 200:
                 counts["errors"] += 1
     return counts
-
-
-def show_recommendations(client: httpx.Client, user_ids: list[int], titles: dict[int, str], when: datetime) -> None:
-    for user in user_ids:
-        body = client.get(f"/recommendations/{user}", params={"k": 5, "time": when.isoformat()}).json()
-        table = Table(title=f"user {user} - variant {body['variant']} - model {body['model_version']}"
-                            f"{' (cold start)' if body['cold_start'] else ''}")
-        for column in ("#", "item", "title", "category", "score", "source"):
-            table.add_column(column)
-        for rank, item in enumerate(body["items"], start=1):
-            table.add_row(str(rank), str(item["item_id"]), titles.get(item["item_id"], "?"),
-                          str(item["category"]), f"{item['score']:.3f}", item["source"])
-        console.print(table)
 
 
 def _monitoring(command: str, *args: str) -> int:
@@ -205,13 +194,45 @@ def print_reports(reports: DemoReports) -> None:
             console.print(f"[bold red]{name} not written[/] (exit code {code}; see the message above)")
 
 
-def run_demo(n_requests: int = 300) -> DemoReports:
+@dataclass
+class DemoTraffic:
+    """What serving the demo traffic left: where its served log is, its simulated window, the
+    round-trip times and a few users' explorer pages (history and recommendations with titles)."""
+
+    stamp: str
+    log_dir: Path
+    clock: DemoClock
+    experiment: ExperimentSettings
+    counts: dict[str, int]
+    latencies_ms: list[float]
+    user_pages: list[dict]
+
+
+def sample_users(profile: TrafficProfile, n: int = 2) -> list[int]:
+    """The most active users (the richest histories to look at) and one the platform never saw."""
+    weights = profile.user_weights or [1.0] * len(profile.users)
+    ranked = [user for _, user in sorted(zip(weights, profile.users), key=lambda pair: -pair[0])]
+    return ranked[:n] + [UNKNOWN_USER_BASE]
+
+
+def user_pages(client: httpx.Client, user_ids: list[int], when: datetime) -> list[dict]:
+    pages = []
+    for user in user_ids:
+        response = client.get(f"/ui/api/users/{user}", params={"k": 10, "time": when.isoformat()})
+        if response.status_code == 200:
+            pages.append(response.json())
+    return pages
+
+
+def serve_traffic(n_requests: int = 300) -> DemoTraffic:
+    """Start the service with the A/B test, send the demo traffic, read a few users' pages, stop it."""
     settings, serving = get_settings(), get_serving_settings()
     experiment = serving.experiment or DEMO_EXPERIMENT
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     log_dir = serving.log_dir / f"demo-{stamp}"  # this run's log only: a re-run does not mix runs
-    items = pd.read_parquet(settings.raw_dir / "items", columns=["item_id", "title"])
+    items = pd.read_parquet(settings.raw_dir / "items", columns=["item_id"])
     users = pd.read_parquet(settings.raw_dir / "users", columns=["user_id"])["user_id"].tolist()
+    latencies: list[float] = []
     proc = start_service(serving.port, log_dir, experiment)
     try:
         with httpx.Client(base_url=f"http://{serving.host}:{serving.port}", timeout=30) as client:
@@ -221,14 +242,26 @@ def run_demo(n_requests: int = 300) -> DemoReports:
                           f"{clock.start:%Y-%m-%d %H:%M} .. {clock.end:%Y-%m-%d %H:%M} UTC")
             started = time.perf_counter()
             profile = TrafficProfile.from_events(settings.raw_dir, users)
-            counts = send_traffic(client, profile, items["item_id"].tolist(), n_requests, clock)
+            counts = send_traffic(client, profile, items["item_id"].tolist(), n_requests, clock,
+                                  latencies_ms=latencies)
             console.print(f"sent {counts} in {time.perf_counter() - started:.1f}s")
-            show_recommendations(client, users[:2] + [UNKNOWN_USER_BASE], dict(zip(items.item_id, items.title)),
-                                 clock.end)
+            pages = user_pages(client, sample_users(profile), clock.end)
     finally:
         stop_service(proc)
     console.print(f"served-feature logs: {log_dir}")
-    reports = write_reports(serving, log_dir, clock, experiment, settings.reports_dir / "monitoring" / f"demo-{stamp}")
+    return DemoTraffic(stamp, log_dir, clock, experiment, counts, latencies, pages)
+
+
+def monitor_traffic(traffic: DemoTraffic) -> DemoReports:
+    """The drift and A/B reports on the demo's served log."""
+    settings, serving = get_settings(), get_serving_settings()
+    out_dir = settings.reports_dir / "monitoring" / f"demo-{traffic.stamp}"
+    return write_reports(serving, traffic.log_dir, traffic.clock, traffic.experiment, out_dir)
+
+
+def run_demo(n_requests: int = 300) -> DemoReports:
+    traffic = serve_traffic(n_requests)
+    reports = monitor_traffic(traffic)
     print_reports(reports)
     return reports
 

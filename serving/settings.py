@@ -195,6 +195,12 @@ class ServingSettings(BaseSettings):
     idempotency_ttl_s: int = Field(86_400, ge=1, description="how long an acknowledged event_id is remembered "
                                    "(in Redis) to answer its retries as duplicates")
 
+    # -- explorer -------------------------------------------------------------------------------
+    ui_enabled: bool = Field(True, description="serve the recommendation explorer at /ui and the reports "
+                                               "folder, read-only, at /reports")
+    reports_dir: Path = Field(default_factory=lambda: get_training_settings().reports_dir,
+                              description="the training and monitoring reports the explorer links to")
+
     # -- A/B test -------------------------------------------------------------------------------
     experiment: ExperimentSettings | None = Field(None, description="JSON; None: one bundle "
                                                   "(bundle_version) for everybody, variant null")

@@ -47,7 +47,7 @@ def generate(
     days: int = typer.Option(60, help="days of history"),
     seed: int = typer.Option(42),
     drift: bool = typer.Option(False, help="inject a drift window at the end"),
-) -> None:
+):
     """Generate synthetic raw data (events partitioned by date, users, items)."""
     from training.data.synthetic import GeneratorConfig
     from training.data.synthetic import generate as run_generator
@@ -57,6 +57,7 @@ def generate(
     started = time.perf_counter()
     result = run_generator(config, get_settings().raw_dir)
     console.print(f"Generated raw data in {time.perf_counter() - started:.1f}s: {result}")
+    return result
 
 
 @app.command()
@@ -98,7 +99,7 @@ def _print_rejected_examples(quarantine_dir: Path, sources: dict[str, Path], lim
 def features(
     start: Optional[str] = typer.Option(None, help="first snapshot date YYYY-MM-DD (default: all)"),
     end: Optional[str] = typer.Option(None, help="last snapshot date YYYY-MM-DD (default: all)"),
-) -> None:
+):
     """Run the Spark feature jobs; re-running a date range replaces those days."""
     from training.features.pipeline import run_feature_pipeline
     from training.spark import get_spark
@@ -114,6 +115,7 @@ def features(
         table.add_row(name, f"{rows:,}")
     console.print(table)
     console.print(f"Feature jobs took {time.perf_counter() - started:.1f}s")
+    return result
 
 
 @app.command()
@@ -125,7 +127,7 @@ def apply() -> None:
 
 
 @app.command()
-def materialize(end: Optional[str] = typer.Option(None, help="end time (default: after the last snapshot)")) -> None:
+def materialize(end: Optional[str] = typer.Option(None, help="end time (default: after the last snapshot)")):
     """`feast materialize` everything up to `end` into Redis."""
     from training import feast_repo
     from training.environment import ensure_redis
@@ -138,6 +140,7 @@ def materialize(end: Optional[str] = typer.Option(None, help="end time (default:
     started = time.perf_counter()
     feast_repo.materialize(EPOCH, end_time)
     console.print(f"Materialized up to {end_time} in {time.perf_counter() - started:.1f}s")
+    return end_time
 
 
 @app.command("restore-online")
@@ -162,17 +165,21 @@ def demo(
     items: int = typer.Option(5_000),
     days: int = typer.Option(60),
 ) -> None:
-    """The whole chain on synthetic data: generate -> features -> feast apply -> materialize -> train."""
-    started = time.perf_counter()
-    doctor()
-    generate(events=events, users=users, items=items, days=days, seed=42, drift=False)
-    features(start=None, end=None)
-    apply()
-    materialize(end=None)
-    show_online_features(user_ids=None)
-    train(max_ranker_requests=4_000, epochs=8)
-    serve_demo_traffic()
-    console.print(f"[bold green]Demo finished in {time.perf_counter() - started:.0f}s[/]")
+    """The whole chain on synthetic data: generate -> features -> feast apply -> materialize -> train
+    -> serve -> monitor; one line per stage, details in a log file, a summary at the end."""
+    from training.story import story_log
+
+    def generate_stage():
+        return generate(events=events, users=users, items=items, days=days, seed=42, drift=False)
+
+    def train_stage() -> Path:
+        return train(max_ranker_requests=4_000, epochs=8)
+
+    with story_log(get_settings().data_dir / "logs", "demo") as story:
+        story.stage("doctor", doctor, lambda _: "Java and Redis ok")
+        story.stage("generate", generate_stage, lambda r: f"{r.n_events:,} events, {r.n_users:,} users, "
+                                                          f"{r.n_items:,} items")
+        run_platform_stages(story, train_stage, "demo")
 
 
 @app.command()
@@ -194,6 +201,7 @@ def movielens(
     from training.pipeline import run_training
     from training.settings import REPO_ROOT
     from training.spark import get_spark
+    from training.story import story_log
 
     source = path or movielens_dir()
     missing = [name for name in REQUIRED_FILES if not (source / name).is_file()]
@@ -206,32 +214,61 @@ def movielens(
     os.environ.setdefault("RECSYS_RECENT_HISTORY_GRANULARITY", "event")
     get_settings.cache_clear()
     settings = get_settings()
-    started = time.perf_counter()
-    doctor()
-    counts = write_movielens(source, settings.raw_dir, settings.quarantine_dir)
-    console.print(f"MovieLens from {source} -> {settings.raw_dir}: {counts}")
-    features(start=None, end=None)
-    apply()
-    materialize(end=None)
-    run_training(get_spark("training"), feast_repo.feature_store(), settings, movielens_train_config())
+
+    def ingest_stage():
+        counts = write_movielens(source, settings.raw_dir, settings.quarantine_dir)
+        console.print(f"MovieLens from {source} -> {settings.raw_dir}: {counts}")
+        return counts
+
+    def train_stage() -> Path:
+        return run_training(get_spark("training"), feast_repo.feature_store(), settings, movielens_train_config())
+
+    with story_log(settings.data_dir / "logs", "movielens") as story:
+        story.stage("doctor", doctor, lambda _: "Java and Redis ok")
+        story.stage("ingest", ingest_stage, lambda counts: f"MovieLens-100K from {source}")
+        run_platform_stages(story, train_stage, "movielens", serve=serve)
+
+
+def run_platform_stages(story, train_stage, name: str, serve: bool = True) -> None:
+    """The stages `demo` and `movielens` share, after the raw data is in place, and the summary."""
+    from serving.demo import monitor_traffic, serve_traffic
+    from training.summary import DemoSummary, print_summary, read_metrics
+
+    story.stage("features", lambda: features(start=None, end=None),
+                lambda r: f"{sum(r.rows.values()):,} rows, {len(r.rows)} tables, {r.first_snapshot}..{r.last_snapshot}")
+    story.stage("apply", apply, lambda _: "feature_repo/ registered with Feast")
+    story.stage("materialize", lambda: materialize(end=None), lambda end: f"latest values up to {end} -> Redis")
+    bundle = story.stage("train", train_stage, lambda b: f"bundle {b.name}")
+    report_dir = get_settings().reports_dir / "training" / bundle.name
+    summary = DemoSummary(read_metrics(report_dir), reports={"training report": report_dir / "report.html"})
     if serve:
-        serve_demo_traffic()
-    console.print(f"[bold green]MovieLens run finished in {time.perf_counter() - started:.0f}s[/]")
+        traffic = story.stage("serve", serve_traffic,
+                              lambda t: f"{t.counts['requests']} requests, {t.counts['events']} events, "
+                                        f"{t.counts['errors']} errors")
+        reports = story.stage("monitor", lambda: monitor_traffic(traffic),
+                              lambda r: f"drift exit code {r.drift_exit_code}, A/B exit code {r.ab_exit_code}")
+        summary.latencies_ms, summary.user_pages = traffic.latencies_ms, traffic.user_pages
+        summary.reports.update({"drift report": reports.drift if reports.drift.is_file() else None,
+                                "A/B report": reports.ab if reports.ab.is_file() else None})
+    summary.reports["log"] = story.log_path
+    summary.urls = explorer_urls()
+    print_summary(story.terminal, summary)
+    story.terminal.print(f"[bold green]{name} finished in {sum(story.seconds.values()):.0f}s[/]")
 
 
-def serve_demo_traffic() -> None:
-    """Start the service briefly with a two-variant A/B test, send requests and events, show
-    recommendations, then write a drift report and an A/B report and print their paths."""
-    from serving.demo import run_demo
+def explorer_urls() -> dict[str, str]:
+    from serving.settings import get_serving_settings
 
-    run_demo()
+    base = f"http://{get_serving_settings().host}:{get_serving_settings().port}"
+    return {"explorer": f"make serve, then {base}/ui/", "API docs": f"{base}/docs",
+            "Feast UI": "REDIS_URL=localhost:6379 .venv/bin/feast ui, then http://localhost:8888"}
 
 
 @app.command()
 def train(
     max_ranker_requests: int = typer.Option(4_000, help="ranker training requests (sampled)"),
     epochs: int = typer.Option(8, help="two-tower epochs (early stopping on validation recall)"),
-) -> None:
+) -> Path:
     """Train the two-stage recommender from the feature store; write a model bundle and a report."""
     from training import feast_repo
     from training.pipeline import TrainConfig, run_training
@@ -239,7 +276,7 @@ def train(
 
     config = TrainConfig(max_ranker_requests=max_ranker_requests)
     config.two_tower.epochs = epochs
-    run_training(get_spark("training"), feast_repo.feature_store(), get_settings(), config)
+    return run_training(get_spark("training"), feast_repo.feature_store(), get_settings(), config)
 
 
 @app.command("show-online")
@@ -254,8 +291,15 @@ def show_online_features(user_ids: Optional[list[int]] = typer.Argument(None)) -
                            ["user_id"].head(3))
     response = store.get_online_features(
         features=store.get_feature_service("retrieval"), entity_rows=[{"user_id": int(u)} for u in ids]
-    ).to_df()
-    console.print(response.T.to_string())
+    ).to_dict()
+    table = Table(title="Online features (Redis, through Feast)")
+    table.add_column("feature")
+    for user in ids:
+        table.add_column(f"user {user}", overflow="fold", max_width=40)
+    for name, values in response.items():
+        if name != "user_id":
+            table.add_row(name, *(str(v) for v in values))
+    console.print(table)
 
 
 if __name__ == "__main__":
