@@ -81,9 +81,9 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_SERVING_", env_file=".env", extra="ignore")
 
     # -- process --------------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    log_level: str = "info"
+    host: str = Field("127.0.0.1", description="address to bind (a non-loopback one needs api_key, see the README)")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    log_level: str = Field("info", description="uvicorn and serving log level")
     num_threads: int = Field(1, ge=1, description="torch / FAISS / LightGBM threads per request (the process "
                                                   "serves requests from a thread pool)")
     # Measured (benchmarks/serving_load.py, 2 workers, 200 req/s for 30 s): p99 369 ms with
@@ -101,7 +101,8 @@ class ServingSettings(BaseSettings):
     # -- where things are -----------------------------------------------------------------------
     feature_repo: Path = Field(default_factory=lambda: get_training_settings().repo_root,
                                description="directory holding feature_store.yaml")
-    models_dir: Path = Field(default_factory=lambda: get_training_settings().artifacts_dir / "models")
+    models_dir: Path = Field(default_factory=lambda: get_training_settings().artifacts_dir / "models",
+                             description="where bundles are published (default: <artifacts_dir>/models)")
     bundle_version: str = Field(LATEST_BUNDLE, description="a version directory, or 'latest' (hot-reloaded)")
     events_dir: Path = Field(default_factory=lambda: get_training_settings().raw_dir / "events",
                              description="event log the next training run reads (raw events layout)")
@@ -111,8 +112,8 @@ class ServingSettings(BaseSettings):
     # -- online store ---------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="overrides feature_store.yaml's online_store "
                                                     "connection string (Feast format host:port[,k=v])")
-    redis_connect_timeout_s: float = Field(0.25, gt=0)
-    redis_socket_timeout_s: float = Field(0.5, gt=0)
+    redis_connect_timeout_s: float = Field(0.25, gt=0, description="Redis connect timeout per call")
+    redis_socket_timeout_s: float = Field(0.5, gt=0, description="Redis read/write timeout per call")
     health_check_interval_s: float = Field(1.0, gt=0, description="background Redis ping period")
 
     online_reads: Literal["direct", "feast"] = Field(
@@ -136,9 +137,9 @@ class ServingSettings(BaseSettings):
     # -- candidates: unset = the bundle's own settings (manifest "candidates"), i.e. those its
     # ranker was trained with; retrieval_rank and friends would drift otherwise.
     n_ann: int | None = Field(None, ge=1, description="FAISS top-N per request (bundle default: 500)")
-    n_trending: int | None = Field(None, ge=0)
-    n_covisit: int | None = Field(None, ge=0)
-    covisit_seeds: int | None = Field(None, ge=0)
+    n_trending: int | None = Field(None, ge=0, description="trending candidates per request (bundle default)")
+    n_covisit: int | None = Field(None, ge=0, description="co-visitation candidates per request (bundle default)")
+    covisit_seeds: int | None = Field(None, ge=0, description="recent items seeding co-visitation (bundle default)")
     cold_start_candidates: int = Field(200, ge=1, description="trending items re-ranked for a cold user")
 
     def candidate_overrides(self) -> dict[str, int]:
@@ -154,10 +155,10 @@ class ServingSettings(BaseSettings):
                                                     "answered 503 at once (load shedding; 0: unbounded)")
 
     # -- request bounds -------------------------------------------------------------------------
-    default_k: int = Field(10, ge=1)
+    default_k: int = Field(10, ge=1, description="list length when a request gives no k")
     max_k: int = Field(100, ge=1, le=K_LIMIT, description=f"largest k a request may ask for (at most {K_LIMIT}); "
                                                           "/openapi.json states it")
-    default_device: str = "mobile"
+    default_device: str = Field("mobile", description="device context when a request gives none")
     max_body_bytes: int = Field(2_000_000, ge=1, description="request bodies above this many bytes are "
                                 "answered 413 before they are read (Content-Length, or counted as they stream)")
 
@@ -170,23 +171,26 @@ class ServingSettings(BaseSettings):
                                           "child process before it is served; longer than this rejects it")
 
     # -- business rules -------------------------------------------------------------------------
-    exclude_seen: bool = True
-    dedup: bool = True
-    diversity: DiversityMode = "category_cap"
+    exclude_seen: bool = Field(True, description="leave out items in the user's recent history")
+    dedup: bool = Field(True, description="one entry per item in a list")
+    diversity: DiversityMode = Field("category_cap", description="category_cap, mmr or none")
     max_per_category: int = Field(4, ge=1, description="category_cap: at most this many per category")
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="mmr: relevance weight")
     freshness_boost: float = Field(0.5, ge=0.0, description="added to a new item's score, in units "
                                    "of the request's ranker-score standard deviation")
 
     # -- served log -----------------------------------------------------------------------------
-    log_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
-    log_queue_size: int = Field(1_000, ge=1)
-    log_flush_s: float = Field(2.0, gt=0)
+    log_sample_rate: float = Field(0.01, ge=0.0, le=1.0, description="share of requests whose features and "
+                                   "lists go to the served log (monitoring)")
+    log_queue_size: int = Field(1_000, ge=1, description="served-log records waiting to be written (more are dropped "
+                                "and counted)")
+    log_flush_s: float = Field(2.0, gt=0, description="served-log write period")
     log_max_rows_per_request: int | None = Field(None, ge=1, description="None: every scored candidate")
 
     # -- hot reload / events --------------------------------------------------------------------
-    reload_interval_s: float = Field(15.0, gt=0)
-    events_require_known_item: bool = True
+    reload_interval_s: float = Field(15.0, gt=0, description="how often `latest` is checked for a new bundle")
+    events_require_known_item: bool = Field(True, description="POST /events rejects items not in the bundle's "
+                                            "catalog")
     max_events_per_request: int = Field(1_000, ge=1, le=EVENTS_LIMIT, description="events per POST /events "
                                         f"(at most {EVENTS_LIMIT}, the schema's bound); more are answered 413")
     event_log_group_wait_ms: float = Field(2.0, ge=0, le=1_000, description="the event-log writer waits this "

@@ -31,27 +31,31 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
 
-    repo_root: Path = REPO_ROOT
+    repo_root: Path = Field(REPO_ROOT, description="the checkout: feature_repo/ and feature_store.yaml")
     data_dir: Path = Field(default=REPO_ROOT / "data", description="raw data, feature tables, registry")
     artifacts_dir: Path = Field(default=REPO_ROOT / "artifacts", description="model bundles")
     reports_dir: Path = Field(default=REPO_ROOT / "reports", description="evaluation / drift reports")
-    feature_store_yaml: Path = REPO_ROOT / "feature_store.yaml"
+    feature_store_yaml: Path = Field(REPO_ROOT / "feature_store.yaml",
+                                     description="the Feast config (Spark, Redis, registry) jobs read Spark's from")
 
-    # Feature windows (days) for the behavioural counts; changing them changes the Feast schema.
-    windows_days: tuple[int, ...] = (1, 7, 30)
-    recent_history_length: int = 20
-    # "day": one recent-history row per active day (cheap; right for requests at midnight);
-    # "event": one per event, for requests in the middle of a session (MovieLens protocols).
-    recent_history_granularity: Literal["day", "event"] = "day"
-    price_bucket_edges: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0, 250.0)
-    new_item_days: int = 14
+    windows_days: tuple[int, ...] = Field((1, 7, 30), description="windows (days) of the behavioural counts; "
+                                          "changing them changes the Feast schema")
+    recent_history_length: int = Field(20, ge=1, description="items kept in a user's recent history")
+    recent_history_granularity: Literal["day", "event"] = Field(
+        "day", description="day: one recent-history row per active day (requests at midnight); event: one per "
+                           "event, known 1 us after it (requests in the middle of a session)")
+    price_bucket_edges: tuple[float, ...] = Field((10.0, 25.0, 50.0, 100.0, 250.0),
+                                                  description="edges of the item price buckets")
+    new_item_days: int = Field(14, ge=0, description="an item younger than this is new (is_new, freshness boost)")
 
-    # The time window of event and request times (training.data.time_window): nothing before
-    # `earliest_event_time`, nothing more than `max_future_skew` ahead of the clock of the machine
-    # checking it. Env: an ISO time (RECSYS_EARLIEST_EVENT_TIME=1995-01-01T00:00:00Z), and seconds
-    # or an ISO 8601 duration (RECSYS_MAX_FUTURE_SKEW=P1D).
-    earliest_event_time: datetime = datetime(1990, 1, 1, tzinfo=timezone.utc)
-    max_future_skew: timedelta = Field(default=timedelta(days=1), ge=timedelta(0))
+    # Env: an ISO time (RECSYS_EARLIEST_EVENT_TIME=1995-01-01T00:00:00Z), and seconds or an ISO 8601
+    # duration (RECSYS_MAX_FUTURE_SKEW=P1D).
+    earliest_event_time: datetime = Field(
+        datetime(1990, 1, 1, tzinfo=timezone.utc), description="the time window (training.data.time_window): no "
+        "event or request time before this, in ingest, POST /events and ?time=")
+    max_future_skew: timedelta = Field(default=timedelta(days=1), ge=timedelta(0),
+                                       description="the time window: no event or request time more than this "
+                                                   "ahead of the checking machine's clock")
 
     @property
     def redis_url(self) -> str:
