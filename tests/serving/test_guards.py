@@ -35,3 +35,27 @@ def test_loopback_needs_no_key(host):
 def test_the_api_key_is_not_shown_by_the_settings():
     settings = ServingSettings(api_key="very-secret-key")
     assert "very-secret-key" not in repr(settings) and "very-secret-key" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize("timestamp", ["9999-01-01T00:00:00Z", "0001-01-01T00:00:00", "1969-12-31T23:59:59Z"])
+def test_an_event_time_the_request_path_cannot_represent_is_refused(timestamp):
+    from pydantic import ValidationError
+
+    from serving.api.schemas import EventIn
+
+    with pytest.raises(ValidationError, match="timestamp must lie between 1970-01-01 and 2262-01-01"):
+        EventIn(user_id=1, item_id=1, event_type="view", timestamp=timestamp)
+    assert EventIn(user_id=1, item_id=1, event_type="view", timestamp="2026-03-01T12:00:00Z").timestamp.year == 2026
+
+
+@pytest.mark.parametrize("text, problem", [("2300-01-01T00:00:00Z", "must lie between"),
+                                           ("2026-02-30", "not a valid date and time")])
+def test_a_query_time_out_of_range_or_invalid_is_a_422(text, problem):
+    import asyncio
+
+    from serving.api.deps import time_param
+    from serving.api.errors import ServingError
+
+    with pytest.raises(ServingError, match=problem) as refused:
+        asyncio.run(time_param(text))
+    assert refused.value.status_code == 422
