@@ -67,12 +67,12 @@ async def time_param(time: Annotated[str | None, Query(
         when = datetime.fromisoformat(time)
     except ValueError as error:
         raise _time_error(f"not a valid date and time: {error}") from None
-    if not representable(when):
-        raise _time_error(f"must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
     when = as_utc(when)
     problem = time_window().problem(when)
     if problem:
         raise _time_error(f"is {problem}")
+    if not representable(when):  # only where the window is set wider
+        raise _time_error(f"must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
     return when
 
 

@@ -93,11 +93,11 @@ class EventIn(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _within_time_window(cls, value: datetime | None) -> datetime | None:
-        if value is not None and not representable(value):
-            raise ValueError(f"timestamp must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
         problem = None if value is None else time_window().problem(value)
         if problem:
             raise ValueError(problem)
+        if value is not None and not representable(value):  # only where the window is set wider
+            raise ValueError(f"timestamp must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
         return value
 
 

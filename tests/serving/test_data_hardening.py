@@ -79,7 +79,7 @@ def test_event_times_outside_the_window_are_a_422_and_nothing_is_written(client,
     assert len(logged(services)) == before
 
 
-@pytest.mark.parametrize("time", ["2263-01-01T00:00:00Z", "0.5", "1900-01-01T00:00:00Z"])
+@pytest.mark.parametrize("time", ["2263-01-01T00:00:00Z", "1900-01-01T00:00:00Z"])  # not ISO: test_hardening
 def test_request_times_outside_the_window_are_a_422(client, warm_users, time):
     response = client.get(f"/recommendations/{warm_users[0]}", params={"time": time})
     assert response.status_code == 422, response.text

@@ -43,12 +43,12 @@ def test_an_event_time_the_request_path_cannot_represent_is_refused(timestamp):
 
     from serving.api.schemas import EventIn
 
-    with pytest.raises(ValidationError, match="timestamp must lie between 1970-01-01 and 2262-01-01"):
+    with pytest.raises(ValidationError, match="outside the allowed time window"):
         EventIn(user_id=1, item_id=1, event_type="view", timestamp=timestamp)
     assert EventIn(user_id=1, item_id=1, event_type="view", timestamp="2026-03-01T12:00:00Z").timestamp.year == 2026
 
 
-@pytest.mark.parametrize("text, problem", [("2300-01-01T00:00:00Z", "must lie between"),
+@pytest.mark.parametrize("text, problem", [("2300-01-01T00:00:00Z", "outside the allowed time window"),
                                            ("2026-02-30", "not a valid date and time")])
 def test_a_query_time_out_of_range_or_invalid_is_a_422(text, problem):
     import asyncio
@@ -59,3 +59,18 @@ def test_a_query_time_out_of_range_or_invalid_is_a_422(text, problem):
     with pytest.raises(ServingError, match=problem) as refused:
         asyncio.run(time_param(text))
     assert refused.value.status_code == 422
+
+
+def test_a_window_set_wider_than_the_request_path_can_represent_still_bounds_event_times(monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from pydantic import ValidationError
+
+    from serving.api import schemas
+    from training.data.time_window import TimeWindow
+
+    wide = TimeWindow(datetime(1900, 1, 1, tzinfo=timezone.utc), timedelta(days=365_000))
+    monkeypatch.setattr(schemas, "time_window", lambda: wide)
+    with pytest.raises(ValidationError, match="timestamp must lie between 1970-01-01 and 2262-01-01"):
+        schemas.EventIn(user_id=1, item_id=1, event_type="view", timestamp="1969-12-31T23:59:59Z")
+    assert schemas.EventIn(user_id=1, item_id=1, event_type="view", timestamp="1970-01-02T00:00:00Z")
