@@ -22,9 +22,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from training.bundle import BundleError
+from training.bundle import MANIFEST_FILE, BundleError
 
-MANIFEST_FILE = "manifest.json"
 _STDERR_TAIL = 600  # characters of the child's last words kept in the reason
 
 _verdicts: dict[str, str | None] = {}  # key -> None (good) or why it was rejected

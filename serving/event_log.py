@@ -10,7 +10,6 @@ requests is answered. A failed write fails every request of its group; none is a
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -21,9 +20,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from serving.redact import get_logger
 from training.data.schema import EVENT_DATE_COLUMN, event_dates, write_events_partitioned
 
-log = logging.getLogger("serving.event_log")
+log = get_logger("serving.event_log")
 
 
 class EventLog:

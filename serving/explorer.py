@@ -8,7 +8,6 @@ only for the items a page shows: the ranking path never reads titles, so its cos
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -22,9 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
 from serving.recommender import Recommendation
+from serving.redact import get_logger
 from training.retrieval.inputs import HISTORY_COLUMN
 
-log = logging.getLogger("serving.explorer")
+log = get_logger("serving.explorer")
 ITEM_DESCRIPTION = ["item_profile:title", "item_profile:item_category"]
 RECOMMENDATIONS_ROUTE = "/recommendations/{user_id}"
 REPORT_PATTERNS = {"training": "training/*/report.html", "drift": "monitoring/*/drift/drift_report.html",
