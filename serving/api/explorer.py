@@ -4,15 +4,16 @@ at /ui/api/*, and the reports folder, read-only, at /reports/*."""
 from __future__ import annotations
 
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from serving.api.deps import DeviceParam, KParam, ServicesDep, TimeParam
+from serving.api.deps import DeviceParam, ItemId, KParam, ServicesDep, TimeParam, UserId
 from serving.api.errors import ServingError
+from serving.api.schemas import ErrorResponse
 from serving.explorer import LiveFigures, latest_reports, recent_history, report_file, user_page, with_titles
 from serving.features import OnlineStoreUnavailable
 from serving.recommender import ModelNotReady, Overloaded, UnknownItem
@@ -20,13 +21,12 @@ from serving.recommender import ModelNotReady, Overloaded, UnknownItem
 UI_DIR = FilePath(__file__).resolve().parent.parent / "ui"
 SAMPLE_USERS = 6
 SAMPLE_POOL = 100  # users looked at for a recent history
-MAX_ID = 2**63 - 1  # entity keys are int64
 router = APIRouter(tags=["explorer"])
 
 
-@router.get("/ui/api/users/{user_id}")
+@router.get("/ui/api/users/{user_id}", responses={503: {"model": ErrorResponse}})
 async def explore_user(services: ServicesDep, k: KParam, device: DeviceParam, time: TimeParam,
-                       user_id: Annotated[int, Path(ge=0, le=MAX_ID, description="user id")]) -> dict[str, Any]:
+                       user_id: UserId) -> dict[str, Any]:
     """A user's recent history and recommendations, with titles, candidate sources, ranker scores
     and what the business rules did."""
     try:
@@ -39,7 +39,7 @@ async def explore_user(services: ServicesDep, k: KParam, device: DeviceParam, ti
         raise ServingError(503, str(error)) from error
 
 
-@router.get("/ui/api/sample-users")
+@router.get("/ui/api/sample-users", responses={503: {"model": ErrorResponse}})
 def sample_users(services: ServicesDep) -> list[int]:
     """A few users the model was trained on that have an online recent history, to pick from."""
     try:
@@ -52,9 +52,9 @@ def sample_users(services: ServicesDep) -> list[int]:
     return with_history[:SAMPLE_USERS]
 
 
-@router.get("/ui/api/items/{item_id}/similar")
-def explore_item(services: ServicesDep, k: KParam,
-                 item_id: Annotated[int, Path(ge=0, le=MAX_ID, description="item id")]) -> dict[str, Any]:
+@router.get("/ui/api/items/{item_id}/similar", responses={404: {"model": ErrorResponse},
+                                                          503: {"model": ErrorResponse}})
+def explore_item(services: ServicesDep, k: KParam, item_id: ItemId) -> dict[str, Any]:
     """The item and its similar items (two-tower neighbours, co-visitation), with titles."""
     try:
         return with_titles(services.recommender.similar_items(item_id, k), services.store)

@@ -26,7 +26,12 @@ def test_histogram_quantiles_interpolate_within_buckets_like_prometheus():
     assert histogram_quantile([(0.01, 0.0), (float("inf"), 0.0)], 0.5) is None
 
 
-def test_live_figures_read_the_services_own_metrics():
+def test_live_figures_read_the_services_own_metrics(monkeypatch):
+    # Importing Feast puts prometheus_client in multiprocess mode, where same-named metrics of every
+    # app in this test process share their values: in-memory values give this registry its own.
+    from prometheus_client import values
+
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)
     metrics = ServingMetrics()
     for seconds in [0.004] * 8 + [0.03, 0.2]:
         metrics.requests.labels(ROUTE, "GET", "200").inc()
