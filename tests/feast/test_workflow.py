@@ -80,8 +80,11 @@ def redis_cluster(root: Path) -> Iterator[str]:
         addresses = [f"127.0.0.1:{port}" for port in ports]
         subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
-        _wait_until(lambda: "cluster_state:ok" in _redis_cli(ports[0], "cluster", "info"),
-                    "the Redis Cluster did not reach cluster_state:ok")
+        # every node, not just one: a node that has not yet learnt the slot map answers CLUSTERDOWN
+        _wait_until(lambda: all("cluster_state:ok" in _redis_cli(port, "cluster", "info") and
+                                _redis_cli(port, "cluster", "info").count("cluster_known_nodes:3")
+                                for port in ports),
+                    "the Redis Cluster did not reach cluster_state:ok on every node")
         yield ",".join(addresses)
     finally:
         for node in nodes:
