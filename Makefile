@@ -54,7 +54,7 @@ feast-ui: install
 
 test: install
 	$(PY) -m training doctor
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=40 $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
