@@ -47,3 +47,12 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def users_with_online_history(services, world, first: int, last: int) -> list[int]:
+    """Users `first..last` of the world's user table that have an online recent history (not cold);
+    test modules take disjoint ranges, as some of them change those users' histories."""
+    import pandas as pd
+
+    users = pd.read_parquet(world.settings.raw_dir / "users", columns=["user_id"])["user_id"].tolist()
+    return [u for u in users[first:last] if services.online.user(u).get("user_recent_history__recent_item_ids")]

@@ -19,7 +19,7 @@ from serving.app import create_app
 from serving.features import ItemFeatureCache
 from training.bundle import new_version, write_bundle
 
-from .helpers import wait_for
+from .helpers import users_with_online_history, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,7 @@ def services(client):
 @pytest.fixture(scope="module")
 def warm_users(services, world):
     """Users with an online recent history, i.e. not cold."""
-    users = pd.read_parquet(world.settings.raw_dir / "users", columns=["user_id"])["user_id"].tolist()
-    warm = [u for u in users[:200] if services.online.user(u).get("user_recent_history__recent_item_ids")]
+    warm = users_with_online_history(services, world, 0, 200)
     assert len(warm) >= 5
     return warm
 

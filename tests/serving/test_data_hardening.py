@@ -21,7 +21,7 @@ from training.online_marker import marker_key
 from training.restore_online import restore_online
 from training.settings import Settings
 
-from .helpers import wait_for
+from .helpers import users_with_online_history, wait_for
 
 pytestmark = pytest.mark.slow
 HISTORY = "user_recent_history__recent_item_ids"
@@ -54,8 +54,7 @@ def services(client):
 
 @pytest.fixture(scope="module")
 def warm_users(services, world):
-    users = pd.read_parquet(world.settings.raw_dir / "users", columns=["user_id"])["user_id"].tolist()
-    warm = [u for u in users[200:400] if services.online.user(u).get(HISTORY)]
+    warm = users_with_online_history(services, world, 200, 400)
     assert len(warm) >= 6
     return warm
 
