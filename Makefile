@@ -16,7 +16,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
-	@# Bytecode for python -O, which the data-moving feast commands run under (training/feast_repo.py);
+	@# Bytecode for python -O, which the data-moving feast commands run under (feast_ext/repo.py);
 	@# compiled here because environments with PYTHONDONTWRITEBYTECODE never cache it. Files some
 	@# packages ship for other Python versions fail to compile; that is expected.
 	$(PY) -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null 2>&1 || true
@@ -39,11 +39,11 @@ doctor: install
 	$(PY) -m training doctor
 
 demo: install
-	$(PY) -m training demo $(ARGS)
+	$(PY) -m workflows demo $(ARGS)
 
 # The whole platform on MovieLens-100K (RECSYS_MOVIELENS_DIR, default ../shared/datasets/ml-100k).
 movielens: install
-	$(PY) -m training movielens $(ARGS)
+	$(PY) -m workflows movielens $(ARGS)
 
 serve: install
 	$(PY) -m serving

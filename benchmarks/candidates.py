@@ -4,7 +4,7 @@
     python benchmarks/candidates.py --items 20000 --repeats 3
 
 World (in memory, built in about a minute at 100k items): an untrained two-tower model of the real
-architecture (embedding_dim 32), its item embeddings in the FAISS index `training.retrieval.ann_index`
+architecture (embedding_dim 32), its item embeddings in the FAISS index `core.inference.ann_index`
 builds (HNSW above 50k items), trending scores and a co-visitation CSR (about 50 nonzeros a row,
 integer weights, so many tied scores) behind the serving adapters `serving.model.BundleTrending` /
 `BundleCovisitation`, random item creation times (5% not yet available), and users with a 20-item
@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.inference import ann_index  # noqa: E402
+from core.inference.baselines import TrendingRecommender  # noqa: E402
+from core.inference.candidates import CandidateConfig, CandidateGenerator  # noqa: E402
 from serving.model import BundleCovisitation, BundleTrending  # noqa: E402
 from tests.models.candidates_reference import ReferenceCandidateGenerator  # noqa: E402
-from training.retrieval import ann_index  # noqa: E402
-from training.retrieval.baselines import TrendingRecommender  # noqa: E402
-from training.retrieval.candidates import CandidateConfig, CandidateGenerator  # noqa: E402
 from training.retrieval.two_tower import ItemFeatures, TwoTowerConfig, TwoTowerModel, UserFeatures  # noqa: E402
 
 NOW = 1_700_000_000

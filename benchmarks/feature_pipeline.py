@@ -30,7 +30,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from training import feast_repo
+from feast_ext import repo as feast_repo
 from training.features.affinity import KEYS as AFFINITY_KEYS
 
 console = Console()
@@ -105,7 +105,7 @@ def main(
         stages[f"feast apply{suffix}"] = [feast_repo.feast_executable(), "-c", str(repo), "apply"]
         stages[f"feast materialize{suffix}"] = [feast_repo.feast_executable(), "-c", str(repo), "materialize",
                                                 "1970-01-01T00:00:00", "2100-01-01T00:00:00"]
-    # As the project runs them (training/feast_repo.py): data-moving commands under python -O.
+    # As the project runs them (feast_ext/repo.py): data-moving commands under python -O.
     envs = {name: feast_repo.feast_env(command[3], env) if name.startswith("feast") else env
             for name, command in stages.items()}
     table = Table(title=f"Offline chain, {events:,} events, {users:,} users, {items:,} items, {days} days")

@@ -37,6 +37,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core import atomic
+from core.settings import REPO_ROOT
 from training.data.movielens import movielens_dir, read_interactions, read_items
 from training.evaluation.peers import DEFAULT_GRIDS, Grid, PeerConfig, run_peers
 from training.evaluation.protocols import (
@@ -47,8 +49,6 @@ from training.evaluation.protocols import (
     global_temporal_split,
     per_user_temporal_split,
 )
-from training import atomic
-from training.settings import REPO_ROOT
 
 __all__ = ["evaluate_lists", "run_benchmark", "build_protocols", "print_tables", "write_json_atomic"]
 

@@ -232,19 +232,21 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     import pyarrow.parquet as pq
     import scipy.sparse as sp
 
-    from training import feast_repo
-    from training.bundle import new_version, write_bundle
+    from core.bundle import Bundle, new_version
+    from core.contracts import (
+        affinity_feature_names,
+        item_daily_feature_names,
+        service_features,
+        user_daily_feature_names,
+    )
+    from core.inference import ann_index
+    from core.inference.candidates import RETRIEVAL_FEATURES, CandidateConfig
+    from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
+    from core.inference.inputs import IdMap, fit_user_input_spec, item_features
+    from core.online_marker import write_marker
+    from feast_ext import repo as feast_repo
     from training.data.synthetic import CATEGORY_NAMES, GENDERS, OCCUPATIONS
-    from training.datasets.point_in_time import service_features
-    from training.features.affinity import affinity_feature_names
-    from training.features.item_features import item_daily_feature_names
-    from training.features.user_features import user_daily_feature_names
     from training.ranking import lgbm_ranker
-    from training.ranking.frame import DEFAULT_EXCLUDE, fit_feature_spec
-    from training.retrieval import ann_index
-    from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig
-    from training.online_marker import write_marker
-    from training.retrieval.inputs import IdMap, fit_user_input_spec, item_features
     from training.retrieval.two_tower import TwoTowerConfig, TwoTowerModel
 
     rng = np.random.default_rng(seed)
@@ -334,7 +336,7 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
                         ("user_category", user_category)):
         for begin in range(0, len(frame), 20_000):
             store.write_to_online_store(view, frame.iloc[begin:begin + 20_000])
-    # What `feast materialize` marks; the service is not ready without it (training/online_marker.py).
+    # What `feast materialize` marks; the service is not ready without it (core/online_marker.py).
     online = store._get_provider().online_store  # noqa: SLF001
     write_marker(online._get_client(store.config.online_store), store.config.project,  # noqa: SLF001
                  loaded_by="benchmarks/serving_load.py")
@@ -397,39 +399,29 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
                              (nnz_rows, rng.choice(n_items, len(nnz_rows), p=item_p))), shape=(n_items, n_items))
     covisit = (covisit + covisit.T).tocsr()
     available = ((created - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
-    writers = {
-        "two_tower/two_tower.pt": lambda p: model.save(p.parent),
-        "two_tower/two_tower_config.json": lambda p: None,
-        "user_inputs.json": lambda p: p.write_text(user_spec.to_json()),
-        "faiss.index": lambda p: ann_index.save_index(index, p),
-        "item_embeddings.npy": lambda p: np.save(p, item_emb, allow_pickle=False),
-        "ranker.txt": lambda p: lgbm_ranker.save_ranker(ranker.booster, p),
-        "ranker_spec.json": lambda p: p.write_text(spec.to_json()),
-        "item_ids.npy": lambda p: np.save(p, item_ids, allow_pickle=False),
-        "user_ids.npy": lambda p: np.save(p, user_ids, allow_pickle=False),
-        "categories.json": lambda p: p.write_text(json.dumps(categories)),
-        "item_available_from.npy": lambda p: np.save(p, available, allow_pickle=False),
-        "covisitation.npz": lambda p: sp.save_npz(p, covisit),
-        "trending_scores.npy": lambda p: np.save(p, trending, allow_pickle=False),
-    }
     manifest = {"feature_service": "ranking", "features": ranking.columns, "ranker_features": spec.columns,
                 "retrieval_feature_service": "retrieval",
                 "retrieval_features": service_features(store, "retrieval").columns,
                 "candidates": CandidateConfig().__dict__, "synthetic": True}
+    bundle = Bundle.from_two_tower_state(
+        model.state_arrays(), two_tower_config=model.metadata(), user_spec=user_spec, index=index,
+        item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec, item_ids=item_ids, user_ids=user_ids,
+        categories=categories, item_available_from=available, covisitation=covisit, trending_scores=trending,
+        manifest=manifest)
     models_dir = root / "artifacts" / "models"
-    write_bundle(models_dir, new_version(), writers, manifest)
+    bundle.save(models_dir, new_version())
     return World(repo, models_dir, project, user_ids.tolist())
 
 
 def pipeline_world(root: Path, n_items: int, n_users: int, n_events: int, seed: int, log) -> World:
     import pandas as pd
 
-    from training import feast_repo
+    from core.inference.candidates import CandidateConfig
+    from core.settings import Settings
+    from feast_ext import repo as feast_repo
     from training.data.synthetic import GeneratorConfig, generate
     from training.features.pipeline import default_snapshot_range, run_feature_pipeline
     from training.pipeline import TrainConfig, run_training
-    from training.retrieval.candidates import CandidateConfig
-    from training.settings import Settings
     from training.spark import get_spark
 
     settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports")
@@ -726,7 +718,7 @@ def main() -> None:
         print(f"results: {root / 'results.json'}")
     finally:
         if world is not None and not args.keep:
-            from training import feast_repo
+            from feast_ext import repo as feast_repo
 
             feast_repo.delete_online_rows(world.project)
         if not args.keep:

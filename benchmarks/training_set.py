@@ -1,5 +1,5 @@
 """Benchmark point-in-time training-set builds: Feast's built-in Spark store, the as-of Spark store
-(training.feast_offline.AsofSparkOfflineStore) and a DuckDB ASOF JOIN of the same tables.
+(feast_ext.offline_store.AsofSparkOfflineStore) and a DuckDB ASOF JOIN of the same tables.
 
 For each N, an entity dataframe of N (user_id, item_id, category, event_timestamp) rows is drawn
 by Spark from the feature tables' keys (the category is the item's) with request times uniform
@@ -31,9 +31,9 @@ from pyspark.sql import functions as F
 from rich.console import Console
 from rich.table import Table
 
-from training import feast_repo
-from training.feast_offline import STORE_TYPE
-from training.settings import get_settings
+from core.settings import get_settings
+from feast_ext import repo as feast_repo
+from feast_ext.offline_store import STORE_TYPE
 
 console = Console(width=150)
 SERVICE = "ranking"

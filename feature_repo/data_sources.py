@@ -4,7 +4,7 @@ source through which the serving layer streams real-time user activity."""
 from feast import PushSource
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
-from training.settings import get_settings
+from core.settings import get_settings
 
 _features_dir = get_settings().features_dir
 

@@ -6,15 +6,17 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Array, Float64, Int64, String, UnixTimestamp
 
+from core.contracts import affinity_feature_names, item_daily_feature_names, user_daily_feature_names
+from core.settings import get_settings
 from feature_repo.data_sources import (
-    item_daily_source, item_profile_source, user_activity_push_source, user_category_source,
-    user_daily_source, user_profile_source,
+    item_daily_source,
+    item_profile_source,
+    user_activity_push_source,
+    user_category_source,
+    user_daily_source,
+    user_profile_source,
 )
 from feature_repo.entities import category, item, user
-from training.features.affinity import affinity_feature_names
-from training.features.item_features import item_daily_feature_names
-from training.features.user_features import user_daily_feature_names
-from training.settings import get_settings
 
 _windows = tuple(get_settings().windows_days)
 _INTEGER_PREFIXES = ("view_count", "click_count", "add_to_cart_count", "purchase_count", "active_days",

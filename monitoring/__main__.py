@@ -55,15 +55,17 @@ OutOpt = typer.Option(None, "--out", help="output directory [default: <reports_d
 class Paths:
     def __init__(self, data_dir: Path | None, log_dir: Path | None = None, models_dir: Path | None = None,
                  events_dir: Path | None = None, out: Path | None = None, command: str = "") -> None:
-        from training.settings import get_settings
+        from core.settings import get_settings
 
         settings = get_settings()
-        self.data_dir = Path(data_dir) if data_dir else settings.data_dir
-        self.log_dir = Path(log_dir) if log_dir else self.data_dir / "serving_logs"
-        self.models_dir = Path(models_dir) if models_dir else settings.artifacts_dir / "models"
-        self.events_dir = Path(events_dir) if events_dir else self.data_dir / "raw" / "events"
+        if data_dir:  # the layout under another data folder
+            settings = settings.model_copy(update={"data_dir": Path(data_dir)})
+        self.data_dir = settings.data_dir
+        self.log_dir = Path(log_dir) if log_dir else settings.serving_log_dir
+        self.models_dir = Path(models_dir) if models_dir else settings.models_dir
+        self.events_dir = Path(events_dir) if events_dir else settings.events_dir
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.out = Path(out) if out else settings.reports_dir / "monitoring" / command / stamp
+        self.out = Path(out) if out else settings.monitoring_report_dir(command) / stamp
         self.items = self.events_dir.parent / "items"  # the raw layout: events/ and items/ are siblings
 
 
@@ -291,12 +293,12 @@ def skew(
     log_dir: Optional[Path] = LogDirOpt, data_dir: Optional[Path] = DataDirOpt, out: Optional[Path] = OutOpt,
 ) -> None:
     """Training/serving skew: logged online feature values vs Feast's offline point-in-time values."""
+    from feast_ext import repo as feast_repo
     from monitoring import html
     from monitoring.logs import read_served_logs
     from monitoring.report_io import dumps_json, write_files
     from monitoring.skew import compare_features, offline_features, sample_requests, service_columns, skew_section
     from monitoring.window import resolve_window
-    from training import feast_repo
 
     paths = Paths(data_dir, log_dir, None, None, out, "skew")
     span = resolve_window(window, start, end)

@@ -1,6 +1,6 @@
 """A/B tests: deterministic assignment of users to variants, and the statistics of the analysis.
 
-Assignment (`assign_variant`) is a pure function serving can call on every request: the user id
+Assignment (`core.experiment.assign_variant`) is a pure function serving can call on every request: the user id
 is hashed with SHA-256 together with a per-experiment salt (the experiment name by default), the
 hash is mapped to a point in [0, 1), and the variants (sorted by name, so the order of a config
 dict does not matter) own consecutive slices proportional to their weights. The same user always
@@ -21,7 +21,6 @@ Analysis, for binary metrics (e.g. "user clicked a recommended item", "user purc
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,44 +30,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.experiment import assign_variant, bucket, check_variants  # noqa: F401
 from monitoring.errors import MonitoringInputError
 
 CORRECTIONS = ("holm", "bh", "none")
 
 
-# ------------------------------------------------------------------------------------ assignment
-
-
-def _check_variants(variants: Mapping[str, float]) -> list[tuple[str, float]]:
-    if not variants:
-        raise ValueError("an experiment needs at least one variant")
-    items = sorted((str(name), float(weight)) for name, weight in variants.items())
-    if any(not math.isfinite(w) or w < 0 for _, w in items):
-        raise ValueError(f"variant weights must be finite and >= 0: {dict(items)}")
-    total = sum(w for _, w in items)
-    if total <= 0:
-        raise ValueError(f"variant weights must not all be 0: {dict(items)}")
-    return [(name, w / total) for name, w in items]
-
-
-def bucket(user_id: int | str, experiment: str, salt: str | None = None) -> float:
-    """The user's point in [0, 1) for this experiment (SHA-256 of salt and user id)."""
-    digest = hashlib.sha256(f"{salt if salt is not None else experiment}\x1f{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def assign_variant(user_id: int | str, experiment: str, variants: Mapping[str, float], *,
-                   salt: str | None = None) -> str:
-    """The variant of `user_id` in `experiment`, given `variants` = {name: weight} (weights are
-    relative: {"control": 1, "treatment": 1} is a 50/50 split). Deterministic, stateless."""
-    normalised = _check_variants(variants)
-    point = bucket(user_id, experiment, salt)
-    cumulative = 0.0
-    for name, share in normalised:
-        cumulative += share
-        if point < cumulative:
-            return name
-    return next(name for name, share in reversed(normalised) if share > 0)  # rounding at the very top
+# Assignment lives in core.experiment (serving assigns on every request); re-exported here for the
+# analysis and the CLI.
 
 
 def parse_variants(text: str) -> dict[str, float]:
@@ -85,7 +54,7 @@ def parse_variants(text: str) -> dict[str, float]:
     if not out:
         raise MonitoringInputError("no variants given: use name=weight,... e.g. control=50,treatment=50")
     try:
-        _check_variants(out)
+        check_variants(out)
     except ValueError as error:
         raise MonitoringInputError(str(error)) from error
     return out
@@ -178,7 +147,7 @@ class SRMResult:
 
 def srm_check(counts: Mapping[str, int], weights: Mapping[str, float], alpha: float = 0.001) -> SRMResult:
     """Chi-square goodness of fit of the observed units per variant to the configured split."""
-    normalised = dict(_check_variants(weights))
+    normalised = dict(check_variants(weights))
     unknown = sorted(set(counts) - set(normalised))
     if unknown:
         raise MonitoringInputError(f"variants {unknown} in the data are not in the configured split "

@@ -3,7 +3,7 @@
 reference = the bundle's ranker training rows (offline, point-in-time features from Feast);
 current   = the ranker input rows the service logged over a window (online features from Redis).
 
-Both go through `training.ranking.frame.add_derived_features`, so derived inputs
+Both go through `core.inference.frame.add_derived_features`, so derived inputs
 (`category_share_30d` ...) are compared too, and are restricted to the ranker's input columns
 (`ranker_spec.json`) minus `DriftConfig.exclude`. Each column gets one Evidently drift test:
 
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.inference.frame import DERIVED_INPUTS, FeatureSpec, add_derived_features
 from monitoring.errors import MonitoringInputError
-from training.ranking.frame import DERIVED_INPUTS, FeatureSpec, add_derived_features
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     "item_idx",     # an index, not a feature

@@ -24,12 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.contracts import SERVED_LOG_FEATURES, SERVED_LOG_RECORD, SERVED_LOG_REQUIRED
 from monitoring.errors import MonitoringInputError
 from monitoring.window import TimeWindow
 
-RECORD_COLUMNS = ("request_id", "timestamp", "user_id", "model_version", "variant", "device", "cold_start",
-                  "degraded", "items", "scores")
-REQUIRED_COLUMNS = ("request_id", "timestamp", "user_id", "model_version", "items")
+RECORD_COLUMNS = tuple(name for name in SERVED_LOG_RECORD.names if name != "ranker_scores")
+REQUIRED_COLUMNS = SERVED_LOG_REQUIRED
 LOG_SUFFIXES = (".parquet", ".jsonl")
 
 
@@ -167,7 +167,7 @@ def _read_log_file(path: Path, window: TimeWindow,
         records["timestamp"] = pd.to_datetime(records["timestamp"], utc=True)
         first_last = (records["timestamp"].min(), records["timestamp"].max())
         records = records[(records["timestamp"] >= start) & (records["timestamp"] < end)].reset_index(drop=True)
-        features = records.pop("features") if "features" in records else pd.Series([[]] * len(records))
+        features = records.pop(SERVED_LOG_FEATURES) if SERVED_LOG_FEATURES in records else pd.Series([[]] * len(records))
         rows = [dict(row, request_id=rid) for rid, rs in zip(records["request_id"], features) for row in (rs or [])]
         return records, (pd.DataFrame(rows) if with_rows else pd.DataFrame()), first_last
 
@@ -175,7 +175,7 @@ def _read_log_file(path: Path, window: TimeWindow,
     stats_range = _timestamp_range(parquet)
     if stats_range is not None and (stats_range[1] < start or stats_range[0] >= end):
         return pd.DataFrame(), pd.DataFrame(), stats_range
-    columns = None if with_rows else [n for n in parquet.schema_arrow.names if n != "features"]
+    columns = None if with_rows else [n for n in parquet.schema_arrow.names if n != SERVED_LOG_FEATURES]
     table = parquet.read(columns=columns)
     if table.num_rows == 0:
         return pd.DataFrame(), pd.DataFrame(), None
@@ -189,14 +189,14 @@ def _read_log_file(path: Path, window: TimeWindow,
                    pc.less(as_utc, pa.scalar(end.to_pydatetime(), pa.timestamp("us", tz="UTC"))))
     table = table.filter(mask)
     rows = pd.DataFrame()
-    if with_rows and "features" in table.column_names:
-        features = table.column("features").combine_chunks()
+    if with_rows and SERVED_LOG_FEATURES in table.column_names:
+        features = table.column(SERVED_LOG_FEATURES).combine_chunks()
         flat = pc.list_flatten(features)
         if len(flat) and pa.types.is_struct(flat.type) and flat.type.num_fields:
             parents = pc.list_parent_indices(features).to_numpy()
             rows = pa.Table.from_struct_array(flat).to_pandas()
             rows["request_id"] = table.column("request_id").to_numpy(zero_copy_only=False)[parents]
-        table = table.drop_columns(["features"])
+        table = table.drop_columns([SERVED_LOG_FEATURES])
     return table.to_pandas(), rows, first_last
 
 

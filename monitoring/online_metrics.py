@@ -8,8 +8,8 @@ client shows). Per model version (and per time bucket, for the plots):
 * `ctr`: clicked recommended items / recommended items;
 * `request_ctr`: share of requests with at least one clicked item (= hit rate@k);
 * `conversion`: share of requests with at least one purchased recommended item;
-* `precision_at_k`: mean over requests of clicked items / min(k, list length) (Evidently's
-  definition with users without feedback included);
+* `precision_at_k`: mean over requests of `core.metrics.precision_at_k` (clicked items / min(k,
+  list length), Evidently's definition), users without feedback included;
 * `coverage`: distinct recommended items / catalog size;
 * popularity bias: `arp` (mean over requests of the items' popularity / the most popular item's,
   popularity = distinct users interacting with the item in `popularity_days` before the window),
@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from core.metrics import precision_at_k
 from monitoring import html
 from monitoring.errors import MonitoringInputError
 from monitoring.logs import recommendation_lists
@@ -157,7 +158,7 @@ def per_request(labelled: pd.DataFrame, k: int) -> pd.DataFrame:
                       hits=("clicked", "sum"), purchases=("converted", "sum")).reset_index()
     out["clicked"] = out["hits"] > 0
     out["converted"] = out["purchases"] > 0
-    out["precision_at_k"] = out["hits"] / np.minimum(out["n_items"], k)
+    out["precision_at_k"] = precision_at_k(out["hits"].to_numpy(), out["n_items"].to_numpy(), k)
     return out
 
 

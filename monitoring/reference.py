@@ -18,12 +18,10 @@ from typing import Any
 import pandas as pd
 import pyarrow.dataset as ds
 
+from core.bundle import MANIFEST_FILE, RANKER_SPEC, BundleError, read_ranker_spec, resolve_bundle
+from core.inference.frame import FeatureSpec
+from core.settings import get_settings
 from monitoring.errors import MonitoringInputError
-from training.bundle import MANIFEST_FILE, BundleError, resolve_bundle
-from training.ranking.frame import FeatureSpec
-
-SPEC_FILE = "ranker_spec.json"
-REFERENCE_ROWS = "ranker_train_rows"
 
 
 @dataclass(frozen=True)
@@ -41,20 +39,20 @@ def load_bundle_info(models_dir: str | Path, version: str = "latest") -> BundleI
         path = resolve_bundle(models_dir, version)
     except BundleError as error:
         raise MonitoringInputError(f"model bundle: {error}") from error
-    spec_path = path / SPEC_FILE
+    spec_path = path / RANKER_SPEC
     if not spec_path.is_file():
-        raise MonitoringInputError(f"bundle {path.name} has no {SPEC_FILE}: cannot tell the ranker's input columns")
+        raise MonitoringInputError(f"bundle {path.name} has no {RANKER_SPEC}: cannot tell the ranker's input columns")
     try:
-        spec = FeatureSpec.from_json(spec_path.read_text())
+        spec = read_ranker_spec(path)
         manifest_path = path / MANIFEST_FILE
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     except (ValueError, KeyError, TypeError) as error:
-        raise MonitoringInputError(f"bundle {path.name}: unreadable {SPEC_FILE} / {MANIFEST_FILE}: {error}") from error
+        raise MonitoringInputError(f"bundle {path.name}: unreadable {RANKER_SPEC} / {MANIFEST_FILE}: {error}") from error
     return BundleInfo(path.name, path, spec, manifest)
 
 
 def reference_path(data_dir: str | Path, version: str) -> Path:
-    return Path(data_dir) / "training" / version / REFERENCE_ROWS
+    return get_settings().model_copy(update={"data_dir": Path(data_dir)}).reference_rows_dir(version)
 
 
 def load_reference(data_dir: str | Path, version: str, columns: list[str] | None = None,

@@ -1,4 +1,4 @@
-"""Atomic report writes: everything goes to a temp file in the target directory, then `os.replace`.
+"""Atomic report writes: everything goes to a temp file in the target directory, then a rename (`core.atomic`).
 
 A reader (a dashboard, a CI step) therefore sees either the previous complete file or the new
 complete one, never a half-written report; a crash while rendering leaves no file at all.
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from core.atomic import write_files_atomic as write_files
 
 
 def to_jsonable(value: Any) -> Any:
@@ -47,29 +47,6 @@ def to_jsonable(value: Any) -> Any:
 
 def dumps_json(payload: Any) -> str:
     return json.dumps(to_jsonable(payload), indent=2, sort_keys=False, allow_nan=False) + "\n"
-
-
-def write_files(files: Mapping[str | Path, str | bytes]) -> list[Path]:
-    """Write every file to a temp sibling, then rename them all into place. If any write fails,
-    the temp files are removed and no target is touched."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for target, content in files.items():
-            target = Path(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-            staged.append((tmp, target))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
-                handle.flush()
-                os.fsync(handle.fileno())
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-    return [target for _, target in staged]
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -16,10 +16,10 @@ START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 
 
 def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
+    from core.settings import Settings
     from serving.settings import ServingSettings
-    from training.settings import Settings
 
-    return [("training, features, data (`training/settings.py`)", Settings),
+    return [("training, features, data (`core/settings.py`)", Settings),
             ("serving (`serving/settings.py`)", ServingSettings)]
 
 

@@ -6,8 +6,12 @@ import logging
 import os
 import tempfile
 
-from serving.settings import get_serving_settings
-from training.feast_compat import FeastVersionError, check_feast
+from serving.torch_free import keep_torch_out
+
+keep_torch_out()  # before Feast is imported: Feast would import torch, which serving never uses
+
+from feast_ext.compat import FeastVersionError, check_feast  # noqa: E402
+from serving.settings import get_serving_settings  # noqa: E402
 
 
 def main() -> None:

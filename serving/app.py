@@ -23,11 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api import events, items, ops, recommendations
 from serving.api.errors import install_error_handlers
-from serving.api.middleware import BodySizeLimit, CatchAll
 from serving.api.explorer import install_explorer
+from serving.api.middleware import BodySizeLimit, CatchAll
+from serving.redact import get_logger
 from serving.services import Services
 from serving.settings import ServingSettings, get_serving_settings
-from serving.redact import get_logger
 
 log = get_logger("serving")
 for _server_logger in ("uvicorn.error", "uvicorn.access"):  # their records are redacted too

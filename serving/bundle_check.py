@@ -2,7 +2,7 @@
 
 A corrupt file whose checksum the manifest matches can make a native library abort the process
 that reads it: LightGBM on a truncated `ranker.txt` prints `[LightGBM] [Fatal] ...`, then
-`terminate called` and exit 134. Run here, in `python -m serving.bundle_check`, that takes down
+`terminate called` and exit 134. Run in a child process (`python -m serving.bundle_check_child`), that takes down
 the child only, and the server rejects the bundle with the reason.
 
 Verdicts are cached per bundle (version, manifest digest, expected features, candidate
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from training.bundle import MANIFEST_FILE, BundleError
+from core.bundle import MANIFEST_FILE, BundleError
 
 _STDERR_TAIL = 600  # characters of the child's last words kept in the reason
 
@@ -57,7 +57,7 @@ def check_bundle(bundle_dir: str | Path, expected_features: list[str] | None,
 def _run_child(name: str, request: dict, timeout_s: float) -> str | None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
-        done = subprocess.run([sys.executable, "-m", "serving.bundle_check"], input=json.dumps(request),
+        done = subprocess.run([sys.executable, "-m", "serving.bundle_check_child"], input=json.dumps(request),
                               capture_output=True, text=True, errors="replace",  # a crash prints anything
                               timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -71,20 +71,3 @@ def _run_child(name: str, request: dict, timeout_s: float) -> str | None:
     if done.returncode == 3:  # the child's own verdict
         return last_words.splitlines()[-1] if last_words else f"bundle {name} rejected"
     return f"bundle {name}: its check exited with status {done.returncode}: {last_words}"
-
-
-def _child() -> int:
-    """Load the bundle as the server does, and score one row with every model in it."""
-    from serving.model import LoadedModel
-
-    request = json.loads(sys.stdin.read())
-    try:
-        LoadedModel.load(request["bundle_dir"], request["expected_features"], request["candidates"])
-    except BundleError as error:
-        print(str(error).replace("\n", " "), file=sys.stderr)
-        return 3
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child())

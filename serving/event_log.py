@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from core.schema import EVENT_DATE_COLUMN, event_dates, write_events_partitioned
 from serving.redact import get_logger
-from training.data.schema import EVENT_DATE_COLUMN, event_dates, write_events_partitioned
 
 log = get_logger("serving.event_log")
 

@@ -1,7 +1,7 @@
 """POST /events: validate, append to the event log, push the users' new recent history online.
 
 1. The batch is validated as a whole against the raw events contract
-   (`training.data.schema.validate_table`, the time window of `training.data.time_window`
+   (`core.schema.validate_table`, the time window of `core.time_window`
    included) and, by default, against the model's catalog; any bad event rejects the whole batch
    (422 naming each bad event and why) and nothing is written.
 2. Events may carry an `event_id` (idempotency key): ids already acknowledged (kept in Redis for
@@ -11,7 +11,7 @@
 3. The events are appended to the event log the next training run reads (`serving.event_log`:
    group commits of fsync'd parquet files in the raw events layout) before anything is answered.
 4. Per user, the stored online history with the new items in front (newest first), truncated to
-   the history length, is written in one Redis transaction (`training.online_history`): events
+   the history length, is written in one Redis transaction (`feast_ext.online_history`): events
    for one user arriving at several worker processes at once lose nothing.
 
 If Redis is down, or answers without a materialization in it (the store was lost: pushing would
@@ -30,11 +30,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from core.schema import EVENTS_SCHEMA, REJECT_REASON_COLUMN, SOURCE_ROW_COLUMN, SchemaError, validate_table
+from feast_ext.online_history import OnlineHistory
 from serving.event_log import EventLog
 from serving.features import OnlineFeatures, OnlineStoreUnavailable, _is_store_failure
-from training.data.schema import (EVENTS_SCHEMA, REJECT_REASON_COLUMN, SOURCE_ROW_COLUMN, SchemaError,
-                                  validate_table)
-from training.online_history import OnlineHistory
 from serving.redact import get_logger
 
 log = get_logger("serving.events")

@@ -2,7 +2,7 @@
 
 `VariantRouter` holds one `ModelHolder` per distinct bundle the variants name: variants that name
 the same bundle share one holder, and each holder hot-reloads on its own as a single-bundle service
-does. A request's variant is `monitoring.ab.assign_variant(user_id, name, weights, salt=salt)`, the
+does. A request's variant is `core.experiment.assign_variant(user_id, name, weights, salt=salt)`, the
 function `python -m monitoring assign` prints and the analysis (`python -m monitoring ab`) assumes,
 so serving and analysis agree on every user.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from monitoring.ab import assign_variant
+from core.experiment import assign_variant
 from serving.model import LoadedModel, ModelHolder
 from serving.settings import ExperimentSettings
 

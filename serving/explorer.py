@@ -20,9 +20,9 @@ from feast import FeatureStore
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
 
+from core.inference.inputs import HISTORY_COLUMN
 from serving.recommender import Recommendation
 from serving.redact import get_logger
-from training.retrieval.inputs import HISTORY_COLUMN
 
 log = get_logger("serving.explorer")
 ITEM_DESCRIPTION = ["item_profile:title", "item_profile:item_category"]

@@ -38,35 +38,35 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 import yaml
 from feast import FeatureStore
-from google.protobuf.timestamp_pb2 import Timestamp
+from feast.infra.online_stores.redis import _versioned_fv_name
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.infra.online_stores.redis import _versioned_fv_name
 from feast.repo_config import RepoConfig
 from feast.type_map import feast_value_type_to_python_type
 from feast.types import Bool, Float32, Float64, Int32, Int64
 from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from serving.settings import ServingSettings
-from training.datasets.point_in_time import service_features
+from core.contracts import RANKING_SERVICE, RETRIEVAL_SERVICE, service_features
+from core.loops import PeriodicTask
+from core.settings import apply_environment_defaults
 from serving.redact import get_logger, redact
+from serving.settings import ServingSettings
 
 log = get_logger("serving.features")
 
-RANKING_SERVICE = "ranking"
-RETRIEVAL_SERVICE = "retrieval"
 USER_KEYS = ("user_id",)
 ITEM_KEYS = ("item_id",)
 USER_CATEGORY_KEYS = ("user_id", "category")
@@ -87,6 +87,7 @@ class OnlineStoreUnavailable(RuntimeError):
 
 def make_feature_store(settings: ServingSettings) -> FeatureStore:
     """The Feast store of `settings.feature_repo`, with the serving Redis URL and socket timeouts."""
+    apply_environment_defaults()
     repo = Path(settings.feature_repo).resolve()
     raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
     online = dict(raw.get("online_store") or {})
@@ -393,8 +394,7 @@ class ItemFeatureCache:
         self.wanted: np.ndarray | None = None  # the catalog the snapshot must cover
         self.last_error: str | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: PeriodicTask | None = None
 
     def fresh(self, now: float | None = None) -> bool:
         snapshot = self.snapshot
@@ -474,30 +474,25 @@ class ItemFeatureCache:
             self.last_error = None
             return int(changed.size)
 
-    def start(self) -> None:
-        def loop() -> None:
-            wait = self.refresh_s
-            while not self._stop.wait(wait):
-                started = time.perf_counter()
-                try:
-                    # A sweep every refresh_s (from start to start), spread over half of it: the
-                    # snapshot in use is at most ~1.5 x refresh_s old.
-                    changed = self.refresh(spread_s=self.refresh_s * 0.5)
-                    outcome = "ok"
-                    if changed:
-                        log.info("item feature cache: %d items changed", changed)
-                except Exception as error:  # noqa: BLE001 - keep the old snapshot, try again later
-                    self.last_error = f"{type(error).__name__}: {error}"
-                    outcome = "error"
-                    log.warning("item feature cache refresh failed: %s", self.last_error)
-                if self.on_refresh is not None:
-                    self.on_refresh(outcome, time.perf_counter() - started)
-                wait = max(0.0, self.refresh_s - (time.perf_counter() - started))
+    def _refresh_round(self) -> None:
+        """A sweep every refresh_s (from start to start), spread over half of it: the snapshot in
+        use is at most ~1.5 x refresh_s old. A failure keeps the old snapshot; the next round retries."""
+        started = time.perf_counter()
+        try:
+            changed = self.refresh(spread_s=self.refresh_s * 0.5)
+            outcome = "ok"
+            if changed:
+                log.info("item feature cache: %d items changed", changed)
+        except Exception as error:  # noqa: BLE001
+            self.last_error = f"{type(error).__name__}: {error}"
+            outcome = "error"
+            log.warning("item feature cache refresh failed: %s", self.last_error)
+        if self.on_refresh is not None:
+            self.on_refresh(outcome, time.perf_counter() - started)
 
-        self._thread = threading.Thread(target=loop, name="item-feature-cache", daemon=True)
-        self._thread.start()
+    def start(self) -> None:
+        self._loop = PeriodicTask("item-feature-cache", self.refresh_s, self._refresh_round, log).start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._loop is not None:
+            self._loop.stop()

@@ -14,7 +14,6 @@ expects a fitted `TrendingRecommender` (`scores_as_of(t)`) and `CoVisitationReco
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,13 +26,12 @@ import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
-from training.bundle import BundleError, load_manifest, resolve_bundle
-from training.ranking import lgbm_ranker
-from training.ranking.frame import FeatureSpec
-from training.retrieval.ann_index import load_index
-from training.retrieval.candidates import CandidateConfig, CandidateGenerator
-from training.retrieval.inputs import IdMap, UserInputSpec
-from training.retrieval.two_tower import TwoTowerModel
+from core.bundle import Bundle, BundleError, resolve_bundle
+from core.inference.candidates import CandidateConfig, CandidateGenerator
+from core.inference.frame import FeatureSpec
+from core.inference.inputs import IdMap, UserInputSpec
+from core.inference.two_tower import TwoTowerConfig, UserFeatures, UserTower
+from core.loops import PeriodicTask
 from serving.bundle_check import bundle_digest, check_bundle
 from serving.redact import get_logger, redact
 
@@ -82,7 +80,7 @@ class BundleCovisitation:
 class LoadedModel:
     bundle_dir: Path
     manifest: dict[str, Any]
-    two_tower: TwoTowerModel
+    two_tower: UserTower
     user_spec: UserInputSpec
     index: faiss.Index
     item_embeddings: np.ndarray
@@ -110,9 +108,9 @@ class LoadedModel:
              candidates: Mapping[str, int] | None = None) -> LoadedModel:
         """`candidates` overrides the bundle's own candidate settings (see `candidate_config`)."""
         bundle_dir = Path(bundle_dir)
-        manifest = load_manifest(bundle_dir, expected_features=expected_features)
         try:
-            model = cls._read(bundle_dir, manifest, candidate_config(manifest, candidates or {}))
+            bundle = Bundle.load(bundle_dir, expected_features=expected_features)
+            model = cls._from_bundle(bundle_dir, bundle, candidate_config(bundle.manifest, candidates or {}))
         except BundleError:
             raise
         except Exception as error:  # unreadable / inconsistent file: reject the bundle
@@ -122,19 +120,13 @@ class LoadedModel:
         return model
 
     @classmethod
-    def _read(cls, bundle_dir: Path, manifest: dict[str, Any], candidates: CandidateConfig) -> LoadedModel:
-        two_tower = TwoTowerModel.load(bundle_dir / "two_tower", device="cpu").eval()
-        user_spec = UserInputSpec.from_json((bundle_dir / "user_inputs.json").read_text())
-        index = load_index(bundle_dir / "faiss.index")
-        item_emb = np.load(bundle_dir / "item_embeddings.npy", allow_pickle=False)
-        booster = lgbm_ranker.load_ranker(bundle_dir / "ranker.txt")
-        spec = FeatureSpec.from_json((bundle_dir / "ranker_spec.json").read_text())
-        item_ids = IdMap(np.load(bundle_dir / "item_ids.npy", allow_pickle=False))
-        user_ids = IdMap(np.load(bundle_dir / "user_ids.npy", allow_pickle=False))
-        categories = json.loads((bundle_dir / "categories.json").read_text())
-        available = np.load(bundle_dir / "item_available_from.npy", allow_pickle=False)
-        trending = BundleTrending(np.load(bundle_dir / "trending_scores.npy", allow_pickle=False))
-        covisit = BundleCovisitation(sp.load_npz(bundle_dir / "covisitation.npz"))
+    def _from_bundle(cls, bundle_dir: Path, bundle: Bundle, candidates: CandidateConfig) -> LoadedModel:
+        sizes = dict(bundle.two_tower_config)
+        two_tower = UserTower(bundle.user_tower_weights, TwoTowerConfig.from_dict(sizes.pop("config")), sizes)
+        item_emb, index, booster, spec = bundle.item_embeddings, bundle.index, bundle.ranker, bundle.ranker_spec
+        item_ids, user_ids, available = IdMap(bundle.item_ids), IdMap(bundle.user_ids), bundle.item_available_from
+        trending, covisit = BundleTrending(bundle.trending_scores), BundleCovisitation(bundle.covisitation)
+        manifest, user_spec, categories = bundle.manifest, bundle.user_spec, bundle.categories
 
         n_items = len(item_ids)
         sizes = {"item_embeddings": len(item_emb), "faiss.index": index.ntotal,
@@ -150,8 +142,6 @@ class LoadedModel:
                    user_ids, categories, available, trending, covisit, generator)
 
     def _smoke_test(self) -> None:
-        from training.retrieval.two_tower import UserFeatures
-
         # Build the id maps' hash tables here, before the bundle is shared between threads
         # (pandas builds them lazily, and not thread-safely, on the first lookup).
         for ids in (self.item_ids, self.user_ids):
@@ -212,8 +202,7 @@ class ModelHolder:
         self.rejected: dict[str, str] = {}  # version -> why (not retried until its manifest changes)
         self._rejected_digests: dict[str, str] = {}  # version -> manifest digest when it was rejected
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: PeriodicTask | None = None
 
     @property
     def ready(self) -> bool:
@@ -272,17 +261,8 @@ class ModelHolder:
                 log.exception("model change callback failed")
 
     def start(self, interval_s: float) -> None:
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.check()
-                except Exception:  # noqa: BLE001 - the reloader must never die
-                    log.exception("model reload check failed")
-
-        self._thread = threading.Thread(target=loop, name=f"bundle-reloader-{self.version}", daemon=True)
-        self._thread.start()
+        self._loop = PeriodicTask(f"bundle-reloader-{self.version}", interval_s, self.check, log).start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._loop is not None:
+            self._loop.stop()

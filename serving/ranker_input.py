@@ -8,7 +8,7 @@ Every ranker column depends on one kind of entity only:
 * the **(request, item category) pair** - user x category affinity, and the category share
   derived from it and the user's total.
 
-`training.ranking.frame.model_array` (the function training scores with) is applied once per
+`core.inference.frame.model_array` (the function training scores with) is applied once per
 distinct entity - the catalog once per item-feature snapshot, each request once, each pair once -
 and its rows are gathered into the batch matrix. Because `model_array` works column by column,
 the result equals `model_array` of the joined candidate rows exactly (tests/serving check it on
@@ -25,11 +25,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.features import IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemSnapshot
-from training.ranking.frame import (
-    CATEGORY_SHARE, DAY_OF_WEEK, DERIVED_INPUTS, HOUR_OF_DAY, FeatureSpec, model_array,
+from core.inference.candidates import RETRIEVAL_FEATURES
+from core.inference.frame import (
+    CATEGORY_SHARE,
+    DAY_OF_WEEK,
+    DERIVED_INPUTS,
+    HOUR_OF_DAY,
+    FeatureSpec,
+    model_array,
 )
-from training.retrieval.candidates import RETRIEVAL_FEATURES
+from serving.features import IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemSnapshot
 
 CANDIDATE, ITEM, REQUEST, PAIR = "candidate", "item", "request", "pair"
 REQUEST_CONTEXT = ("device", HOUR_OF_DAY, DAY_OF_WEEK)

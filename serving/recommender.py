@@ -5,7 +5,7 @@ Ranking rows are assembled with the columns the training pipeline gives its rank
 (`training.pipeline.candidate_rows` + `with_ranking_features`): request_id, user_id,
 event_timestamp (the request time), device, item_idx, the retrieval features of
 `CandidateGenerator`, item_id, category, and the `ranking` service's `<view>__<feature>` columns.
-They are scored by `training.ranking.lgbm_ranker.score`, the one scoring path training uses.
+They are scored by `core.inference.ranker.score`, the one scoring path training uses.
 
 Fallbacks, each visible in the response:
 * cold start (no behaviour and no history online): the candidates are the trending ones, re-ranked
@@ -23,8 +23,8 @@ import queue
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -34,20 +34,25 @@ import numpy as np
 import pandas as pd
 from starlette.concurrency import run_in_threadpool
 
-from serving.features import (
-    IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemFeatureCache, ItemSnapshot, OnlineFeatures, OnlineStoreUnavailable,
-)
+from core.inference import ranker
+from core.inference.candidates import RETRIEVAL_FEATURES, primary_source
+from core.inference.frame import TIMESTAMP_COLUMN
+from core.inference.inputs import HISTORY_COLUMN, user_features
 from serving.experiment import VariantRouter
+from serving.features import (
+    IS_NEW_COLUMN,
+    ITEM_CATEGORY_COLUMN,
+    ItemFeatureCache,
+    ItemSnapshot,
+    OnlineFeatures,
+    OnlineStoreUnavailable,
+)
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder
 from serving.ranker_input import ITEM, PAIR, REQUEST, ItemInputs, ItemTable, MatrixPlan, Pairs
+from serving.redact import get_logger, redact
 from serving.rules import RuleConfig, apply_rules
 from serving.served_log import ServedLog
-from training.ranking import lgbm_ranker
-from training.ranking.frame import TIMESTAMP_COLUMN
-from training.retrieval.candidates import RETRIEVAL_FEATURES, primary_source
-from training.retrieval.inputs import HISTORY_COLUMN, user_features
-from serving.redact import get_logger, redact
 
 log = get_logger("serving.recommender")
 
@@ -75,7 +80,7 @@ class StoreHealth:
         self.available = True
         self.last_error: str | None = None
         self.changed_at = time.time()
-        # Redis answers but holds no materialization (training.online_marker): why, else None.
+        # Redis answers but holds no materialization (core.online_marker): why, else None.
         self.lost: str | None = None
 
     def down(self, error: BaseException | str) -> None:
@@ -404,7 +409,7 @@ class Recommender:
                 requests = self._request_columns(results, users)
                 matrix = plan.assemble(candidates, items.block, plan.blocks[REQUEST].rows(requests), request_of,
                                        plan.blocks[PAIR].rows(pairs.columns), pairs.pair_of)
-                scores = lgbm_ranker.predict_matrix(model.booster, matrix, self.num_threads)
+                scores = ranker.predict_matrix(model.booster, matrix, self.num_threads)
             rows = None
             if any(p.want_rows for p in batch):
                 rows = self._ranking_rows(results, candidates, request_of, item_ids, items, requests, pairs)

@@ -30,24 +30,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from core.contracts import SERVED_LOG_FEATURES, SERVED_LOG_FILE_PREFIX, SERVED_LOG_RECORD
 from serving.redact import get_logger
 
 log = get_logger("serving.served_log")
 
 _STOP = object()
-RECORD_FIELDS = pa.schema([
-    pa.field("request_id", pa.string()),
-    pa.field("timestamp", pa.timestamp("us", tz="UTC")),
-    pa.field("user_id", pa.int64()),
-    pa.field("model_version", pa.string()),
-    pa.field("variant", pa.string()),
-    pa.field("device", pa.string()),
-    pa.field("cold_start", pa.bool_()),
-    pa.field("degraded", pa.bool_()),
-    pa.field("items", pa.list_(pa.int64())),
-    pa.field("scores", pa.list_(pa.float64())),
-    pa.field("ranker_scores", pa.list_(pa.float64())),
-])
 
 
 class ServedLog:
@@ -113,7 +102,7 @@ class ServedLog:
         try:
             table = self.to_table(batch)
             now = datetime.now(timezone.utc)
-            path = self.directory / f"date={now:%Y-%m-%d}" / f"served-{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+            path = self.directory / f"date={now:%Y-%m-%d}" / f"{SERVED_LOG_FILE_PREFIX}{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             pq.write_table(table, tmp)
@@ -125,7 +114,7 @@ class ServedLog:
             self.count("failed", len(batch))
 
     def to_table(self, batch: list[tuple[dict, pd.DataFrame | None]]) -> pa.Table:
-        records = pa.Table.from_pylist([record for record, _ in batch], schema=RECORD_FIELDS)
+        records = pa.Table.from_pylist([record for record, _ in batch], schema=SERVED_LOG_RECORD)
         frames = []
         for _, rows in batch:
             rows = rows if rows is not None else pd.DataFrame()
@@ -138,4 +127,4 @@ class ServedLog:
         # (all cold-start fallbacks or degraded) gets empty lists of a one-field struct.
         structs = features.to_struct_array().combine_chunks() if features.num_columns else \
             pa.array([], type=pa.struct([pa.field("item_id", pa.int64())]))
-        return records.append_column("features", pa.ListArray.from_arrays(offsets, structs))
+        return records.append_column(SERVED_LOG_FEATURES, pa.ListArray.from_arrays(offsets, structs))

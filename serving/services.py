@@ -9,7 +9,7 @@ Background threads (all daemons, stopped by `stop()`):
 * served-log writer - drains the sampled request records to parquet (see `serving.served_log`);
 * event-log writer - group commits of the events of `POST /events` (see `serving.event_log`).
 
-The health check also reads the materialization marker (`training.online_marker`): Redis that
+The health check also reads the materialization marker (`core.online_marker`): Redis that
 answers without it was emptied (no persistence), and the service says so (`/readyz` 503,
 responses `degraded`) until `python -m training restore-online` has run.
 """
@@ -23,8 +23,11 @@ from functools import partial
 
 import faiss
 import numpy as np
-import torch
 
+from core.loops import PeriodicTask
+from core.online_marker import marker_key, missing_marker_reason
+from core.settings import get_settings as get_training_settings
+from feast_ext.online_history import OnlineHistory
 from serving.event_log import EventLog
 from serving.events import EventIngestor
 from serving.experiment import VariantRouter
@@ -32,13 +35,10 @@ from serving.features import ItemFeatureCache, OnlineFeatures, make_feature_stor
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder
 from serving.recommender import Recommender, StoreHealth
+from serving.redact import get_logger, redact
 from serving.rules import RuleConfig
 from serving.served_log import ServedLog
 from serving.settings import ServingSettings
-from training.online_history import OnlineHistory
-from training.online_marker import marker_key, missing_marker_reason
-from training.settings import get_settings as get_training_settings
-from serving.redact import get_logger, redact
 
 log = get_logger("serving")
 
@@ -46,7 +46,6 @@ log = get_logger("serving")
 class Services:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
-        torch.set_num_threads(settings.num_threads)
         faiss.omp_set_num_threads(settings.num_threads)
         self.metrics = ServingMetrics()
         self.store = make_feature_store(settings)
@@ -73,15 +72,14 @@ class Services:
                                     OnlineHistory(self.store, get_training_settings().recent_history_length),
                                     settings.idempotency_ttl_s)
         self.inflight = 0  # recommendation requests admitted and not answered (event-loop only)
-        self._stop = threading.Event()
-        self._health_thread: threading.Thread | None = None
+        self._health_loop: PeriodicTask | None = None
 
     # -- wiring ---------------------------------------------------------------------------------
 
     def _expected_features(self) -> list[str]:
-        from training.datasets.point_in_time import service_features
+        from core.contracts import RANKING_SERVICE, service_features
 
-        return service_features(self.store, "ranking").columns
+        return service_features(self.store, RANKING_SERVICE).columns
 
     def _make_holder(self, bundle: str) -> ModelHolder:
         return ModelHolder(self.settings.models_dir, bundle, self._expected_features, self.candidates,
@@ -126,18 +124,17 @@ class Services:
         self.variants.start(self.settings.reload_interval_s)
         self.cache.start()
         self.served_log.start()
-        self._health_thread = threading.Thread(target=self._health_loop, name="redis-health", daemon=True)
-        self._health_thread.start()
+        self._health_loop = PeriodicTask("redis-health", self.settings.health_check_interval_s, self._health_round,
+                                         log).start()
 
     def stop(self) -> None:
-        self._stop.set()
+        if self._health_loop is not None:  # first: no health round during the teardown
+            self._health_loop.stop()
         self.recommender.stop()
         self.variants.stop()
         self.cache.stop()
         self.served_log.close()
         self.event_log.close()
-        if self._health_thread is not None:
-            self._health_thread.join(timeout=5)
         self.metrics.close()
 
     def check_store(self) -> bool:
@@ -163,15 +160,11 @@ class Services:
             log.info("online store materialized again")
             self.health.lost = None
 
-    def _health_loop(self) -> None:
-        while not self._stop.wait(self.settings.health_check_interval_s):
-            try:
-                was_available = self.health.available
-                if self.check_store() and not was_available and self.cache.snapshot is None:
-                    threading.Thread(target=self._retry_cache, daemon=True).start()
-                self.update_gauges()
-            except Exception:  # noqa: BLE001 - the health check must never die
-                log.exception("health check failed")
+    def _health_round(self) -> None:
+        was_available = self.health.available
+        if self.check_store() and not was_available and self.cache.snapshot is None:
+            threading.Thread(target=self._retry_cache, daemon=True).start()
+        self.update_gauges()
 
     def update_gauges(self) -> None:
         """Set the state gauges (Redis up, item cache age): after each health check and before

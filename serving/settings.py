@@ -1,6 +1,6 @@
 """Serving settings: every field can be set as `RECSYS_SERVING_<FIELD>` in the environment (or `.env`).
 
-Paths default to the training layout (`training.settings.Settings`), so `python -m serving` on the
+Paths default to the training layout (`core.settings.Settings`), so `python -m serving` on the
 machine that trained serves the latest bundle against the same Feast repository and event log.
 
 An A/B experiment is one JSON value (`ExperimentSettings`), e.g.
@@ -19,8 +19,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from training.data.schema import DEVICES
-from training.settings import get_settings as get_training_settings
+from core.schema import DEVICES
+from core.settings import get_settings as get_training_settings
 
 DiversityMode = Literal["none", "category_cap", "mmr"]
 K_LIMIT = 1_000  # the largest max_k (a request's k is bounded by max_k)
@@ -49,7 +49,7 @@ class VariantSettings(BaseModel):
 
 
 class ExperimentSettings(BaseModel):
-    """An A/B test: users are hashed into variants (`monitoring.ab.assign_variant`), each variant
+    """An A/B test: users are hashed into variants (`core.experiment.assign_variant`), each variant
     is served by its own bundle and logged with the served lists."""
 
     model_config = ConfigDict(extra="forbid")
@@ -84,14 +84,14 @@ class ServingSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to bind (a non-loopback one needs api_key, see the README)")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     log_level: str = Field("info", description="uvicorn and serving log level")
-    num_threads: int = Field(1, ge=1, description="torch / FAISS / LightGBM threads per request (the process "
+    num_threads: int = Field(1, ge=1, description="FAISS / LightGBM threads per request (the process "
                                                   "serves requests from a thread pool)")
     # Measured (benchmarks/serving_load.py, 2 workers, 200 req/s for 30 s): p99 369 ms with
     # Python's default 5 ms, 121 ms with 1 ms.
     gil_switch_interval_ms: float | None = Field(
         1.0, gt=0, description="Python's thread switch interval (None: Python's 5 ms). Lower lets the event loop "
                                "take new requests while a batch computes, at some switching cost")
-    gc_freeze: bool = Field(True, description="after start-up, move everything alive (Feast, torch, the bundle) out of "
+    gc_freeze: bool = Field(True, description="after start-up, move everything alive (Feast, the bundle) out of "
                                               "the cyclic garbage collector's sight (gc.freeze), so its full "
                                               "collections walk only what requests allocate")
     workers: int = Field(1, ge=1, description="server processes (uvicorn workers) sharing the port, each with "
@@ -101,12 +101,12 @@ class ServingSettings(BaseSettings):
     # -- where things are -----------------------------------------------------------------------
     feature_repo: Path = Field(default_factory=lambda: get_training_settings().repo_root,
                                description="directory holding feature_store.yaml")
-    models_dir: Path = Field(default_factory=lambda: get_training_settings().artifacts_dir / "models",
+    models_dir: Path = Field(default_factory=lambda: get_training_settings().models_dir,
                              description="where bundles are published (default: <artifacts_dir>/models)")
     bundle_version: str = Field(LATEST_BUNDLE, description="a version directory, or 'latest' (hot-reloaded)")
-    events_dir: Path = Field(default_factory=lambda: get_training_settings().raw_dir / "events",
+    events_dir: Path = Field(default_factory=lambda: get_training_settings().events_dir,
                              description="event log the next training run reads (raw events layout)")
-    log_dir: Path = Field(default_factory=lambda: get_training_settings().data_dir / "serving_logs",
+    log_dir: Path = Field(default_factory=lambda: get_training_settings().serving_log_dir,
                           description="served feature vectors and lists, for monitoring")
 
     # -- online store ---------------------------------------------------------------------------

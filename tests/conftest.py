@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from training.data.schema import SCHEMAS, write_events_partitioned, write_table_atomic
-from training.settings import Settings
+from core.schema import SCHEMAS, write_events_partitioned, write_table_atomic
+from core.settings import Settings
 
 
 def utc(*args: int) -> datetime:
@@ -73,7 +73,7 @@ def hand_built_feast_world(hand_built_data: Path, root: Path, project_prefix: st
     """A copy of the hand-built feature tables, applied and materialized into Redis under a project
     of their own; its Redis rows are deleted afterwards. `checked_apply`: `feast apply` with
     Feast's type checks of the definitions (see `feast_repo.apply`)."""
-    from training import feast_repo
+    from feast_ext import repo as feast_repo
 
     settings = copy_data_dir(hand_built_data, root)
     project = f"{project_prefix}_{uuid.uuid4().hex[:8]}"
@@ -102,7 +102,7 @@ class TrainedWorld:
         return self.result.bundle
 
     def store(self):
-        from training import feast_repo
+        from feast_ext import repo as feast_repo
 
         return feast_repo.feature_store(self.repo)
 
@@ -112,11 +112,11 @@ def trained_world(spark, tmp_path_factory) -> TrainedWorld:
     """The training pipeline's run on a small synthetic world, once per session: the training
     tests check it and the serving tests serve its bundle (from a copy of its models folder, as
     they publish bundles of their own). Its bundle must stay `latest` in its own models folder."""
-    from training import feast_repo
+    from core.inference.candidates import CandidateConfig
+    from feast_ext import repo as feast_repo
     from training.data.synthetic import GeneratorConfig, generate
     from training.features.pipeline import run_feature_pipeline
     from training.pipeline import TrainConfig, train_two_stage
-    from training.retrieval.candidates import CandidateConfig
 
     root = tmp_path_factory.mktemp("trained_world")
     settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports")

@@ -1,4 +1,4 @@
-"""`python -m training --help`: each step of the offline pipeline, and the whole demo."""
+"""`python -m training --help`: each step of the offline pipeline (the whole demo: `python -m workflows demo`)."""
 
 from training.cli import app
 

@@ -17,33 +17,31 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from feast import FeatureStore
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from rich.console import Console
 
-from training.data.schema import EVENT_GAIN
+from core.contracts import RANKING_SERVICE, RETRIEVAL_SERVICE, service_features
+from core.inference import ann_index
+from core.inference.baselines import CoVisitationRecommender, PopularityRecommender, TrendingRecommender
+from core.inference.candidates import CandidateConfig, CandidateGenerator
+from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
+from core.inference.inputs import IdMap, UserInputSpec, fit_user_input_spec, item_features, user_features
+from core.inference.ranker import score as ranker_score
+from core.metrics import ranking_metrics
+from core.schema import EVENT_GAIN
+from core.settings import Settings
 from training.datasets import requests as req
-from training.datasets.point_in_time import join_feature_service, service_features, write_parquet
+from training.datasets.point_in_time import join_feature_service, write_parquet
 from training.datasets.splits import TimeSplit
-from training.evaluation.metrics import ranking_metrics
 from training.features.pipeline import event_date_range
-from training.features.raw_io import read_events, read_items
+from training.features.raw_io import read_events
 from training.ranking import lgbm_ranker
-from training.ranking.frame import DEFAULT_EXCLUDE, fit_feature_spec
-from training.retrieval import ann_index
-from training.retrieval.baselines import CoVisitationRecommender, PopularityRecommender, TrendingRecommender
-from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig, CandidateGenerator
-from training.retrieval.inputs import IdMap, UserInputSpec, fit_user_input_spec, item_features, user_features
 from training.retrieval.mf import BPRConfig, BPRRecommender
 from training.retrieval.two_tower import Interactions, TwoTowerConfig, plot_training_curves, train_two_tower
-from training.settings import Settings
 
 console = Console()
 KS = (5, 10, 20, 50)
-RANKING_SERVICE = "ranking"
-RETRIEVAL_SERVICE = "retrieval"
 
 
 @dataclass
@@ -323,12 +321,12 @@ def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
 def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings,
                     config: TrainConfig | None = None) -> TrainedTwoStage:
     """`run_training`, returning the trained components along with the bundle path."""
-    from training.bundle import new_version
+    from core.bundle import new_version
 
     config = config or TrainConfig()
     timer = StepTimer()
     version = new_version()
-    work = settings.data_dir / "training" / version
+    work = settings.training_work_dir(version)
     first_day, last_day = event_date_range(settings.raw_dir)
     split = TimeSplit.from_days(first_day, last_day, config.test_days, config.val_days, config.ranker_days)
     console.print(f"time split: {split.to_dict()}")
@@ -350,7 +348,9 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         times = epoch_seconds(requests["event_timestamp"])
         exclude = seen_before(events_np, catalog.user_ids.to_idx(requests["user_id"]), times)
         rows = candidate_rows(generator, requests, labels_pd, catalog, user_spec, exclude)
-        return with_ranking_features(store, spark, rows, work / f"{name}_rows")
+        # The training rows are also the bundle's drift reference (monitoring reads them there).
+        out = settings.reference_rows_dir(version) if name == "ranker_train" else work / f"{name}_rows"
+        return with_ranking_features(store, spark, rows, out)
 
     def make_generator(before: int) -> CandidateGenerator:
         trending, covisit = fit_sources(events_np, before, catalog)
@@ -387,7 +387,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     test_rows = timer.run("test candidates + Feast features", lambda: with_ranking_features(
         store, spark, candidate_rows(generator, test_requests, test_labels_pd, catalog, user_spec, exclude),
         work / "test_rows"))
-    test_rows["ranker_score"] = lgbm_ranker.score(ranker.booster, test_rows, spec)
+    test_rows["ranker_score"] = ranker_score(ranker.booster, test_rows, spec)
     relevant = {u: r for u, r in relevant_items(test_labels_pd, catalog).items() if u in set(test_users.tolist())}
 
     k_max = max(KS)
@@ -427,17 +427,17 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
                               "label": pd.Series(dtype=np.int64)})
     rows = candidate_rows(generator, with_users, no_labels, catalog, trained.user_spec, excluded)
     rows = with_ranking_features(store, spark, rows, trained.work / f"{name}_rows")
-    rows["ranker_score"] = lgbm_ranker.score(trained.ranker.booster, rows, trained.spec)
+    rows["ranker_score"] = ranker_score(trained.ranker.booster, rows, trained.spec)
     lists = ranked_lists(rows, "ranker_score", k)
     return {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist() for user, items in lists.items()}
 
 
 def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, ranker,
                   spec, catalog, generator, store, work) -> Path:
-    from training.bundle import write_bundle
+    from core.bundle import Bundle
     from training.evaluation.report import write_report
 
-    report_dir = settings.reports_dir / "training" / version
+    report_dir = settings.training_report_dir(version)
     report_dir.mkdir(parents=True, exist_ok=True)
     plots = {
         "Two-tower training": plot_training_curves(two_tower.history, report_dir / "two_tower_curves.png"),
@@ -460,21 +460,6 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
 
     features = service_features(store, RANKING_SERVICE)
     covisit, trending = generator.covisit, generator.trending
-    writers = {
-        "two_tower/two_tower.pt": lambda p: two_tower.model.save(p.parent),
-        "two_tower/two_tower_config.json": lambda p: None,  # written by the line above
-        "user_inputs.json": lambda p: p.write_text(user_spec.to_json()),
-        "faiss.index": lambda p: ann_index.save_index(index, p),
-        "item_embeddings.npy": lambda p: np.save(p, item_emb, allow_pickle=False),
-        "ranker.txt": lambda p: lgbm_ranker.save_ranker(ranker.booster, p),
-        "ranker_spec.json": lambda p: p.write_text(spec.to_json()),
-        "item_ids.npy": lambda p: np.save(p, catalog.item_ids.ids, allow_pickle=False),
-        "user_ids.npy": lambda p: np.save(p, catalog.user_ids.ids, allow_pickle=False),
-        "categories.json": lambda p: p.write_text(json.dumps(catalog.categories)),
-        "item_available_from.npy": lambda p: np.save(p, catalog.available_from, allow_pickle=False),
-        "covisitation.npz": lambda p: sp.save_npz(p, covisit.matrix.tocsr()),
-        "trending_scores.npy": lambda p: np.save(p, trending.item_scores, allow_pickle=False),
-    }
     manifest = {
         "feature_service": RANKING_SERVICE,
         "features": features.columns,
@@ -486,7 +471,13 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "metrics": {name: {k: v for k, v in m.items() if k.endswith("@10")} for name, m in results.items()},
         "candidates": asdict(generator.config),
     }
-    bundle = write_bundle(settings.artifacts_dir / "models", version, writers, manifest)
+    bundle = Bundle.from_two_tower_state(
+        two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
+        index=index, item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec,
+        item_ids=catalog.item_ids.ids, user_ids=catalog.user_ids.ids, categories=catalog.categories,
+        item_available_from=catalog.available_from, covisitation=covisit.matrix.tocsr(),
+        trending_scores=trending.item_scores, manifest=manifest,
+    ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle
 

@@ -1,7 +1,7 @@
 """`python -m training restore-online`: reload a lost (or stale) online store.
 
 1. `feast materialize` of every view up to just after the last feature snapshot (which also
-   writes the online-store marker, `training.online_marker`);
+   writes the online-store marker, `core.online_marker`);
 2. the real-time recent history replayed from the event log: per user, the materialized snapshot
    row (the latest `user_recent_history` row up to that end) with the logged events at or after
    its time put in front, newest first, as `POST /events` would have pushed them. Every user whose
@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-from training.online_history import ONE_MICROSECOND, HistoryRow, OnlineHistory, merge_history
-from training.online_marker import write_marker
-from training.settings import Settings
+from core.online_marker import write_marker
+from core.settings import Settings
+from feast_ext.online_history import ONE_MICROSECOND, HistoryRow, OnlineHistory, merge_history
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -45,7 +45,7 @@ def materialize_end(raw_dir: Path) -> datetime:
 
 def restore_online(settings: Settings, repo_path: Path | None = None, env: dict[str, str] | None = None
                    ) -> RestoreResult:
-    from training import feast_repo
+    from feast_ext import repo as feast_repo
 
     end = materialize_end(settings.raw_dir)
     feast_repo.materialize(EPOCH, end, repo_path=repo_path, env=env)

@@ -15,7 +15,7 @@ import warnings
 import feast  # noqa: F401  (importing Feast installs its warning filters; ours must come after)
 from pyspark.sql import SparkSession
 
-from training.settings import get_settings
+from core.settings import apply_environment_defaults, get_settings
 
 MIN_JAVA_MAJOR = 17
 # Feast labels its Spark store "alpha" on every call; say it once in the README, not per query.
@@ -55,6 +55,7 @@ def get_spark(app_name: str = "recsys") -> SparkSession:
     if active is not None:
         return active
     check_java()
+    apply_environment_defaults()
     builder = SparkSession.builder.appName(app_name)
     for key, value in get_settings().spark_conf().items():
         builder = builder.config(key, value)

@@ -10,12 +10,12 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from core.schema import DEVICES
+from core.time_window import time_window
 from serving.api.errors import ServingError
 from serving.api.schemas import EARLIEST_TIME, ID_MAX, LATEST_TIME, as_utc, representable
 from serving.services import Services
 from serving.settings import K_LIMIT
-from training.data.schema import DEVICES
-from training.data.time_window import time_window
 
 
 async def get_services(request: Request) -> Services:

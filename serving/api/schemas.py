@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.schema import EVENT_TYPES
+from core.time_window import time_window
 from serving.settings import EVENTS_LIMIT
-from training.data.schema import EVENT_TYPES
-from training.data.time_window import time_window
 
 # Ids through the API (paths and bodies): 0..2^53-1. Tighter than the raw schema's int64 because
 # JSON numbers are doubles for most clients (and in the OpenAPI bounds): larger ids would not

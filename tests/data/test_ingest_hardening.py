@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from core import schema
+from core.schema import EmptyIngestError, SchemaError, ingest, read_raw_file, validate_table
+from core.settings import get_settings
+from core.time_window import TimeWindow, time_window
 from tests.data.test_schema import events, items, users, write_inputs
-from training.data import schema
-from training.data.schema import EmptyIngestError, SchemaError, ingest, read_raw_file, validate_table
-from training.data.time_window import TimeWindow, time_window
-from training.settings import get_settings
 
 UTC = timezone.utc
 HEADER = "user_id,item_id,event_type,rating,event_timestamp,device\n"

@@ -12,6 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from core.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, SchemaError
 from training.data.movielens import (
     DEVICE,
     EVENT_TYPE,
@@ -24,7 +25,6 @@ from training.data.movielens import (
     read_interactions,
     write_movielens,
 )
-from training.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, SchemaError
 
 UTC = timezone.utc
 

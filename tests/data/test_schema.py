@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.data.schema import (
+from core.schema import (
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
     USERS_SCHEMA,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from training.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, read_raw_file
+from core.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, read_raw_file
 from training.data.synthetic import (
     GeneratorConfig,
     GeneratorResult,

@@ -1,4 +1,4 @@
-"""The as-of offline store (training.feast_offline) returns exactly what Feast's built-in Spark
+"""The as-of offline store (feast_ext.offline_store) returns exactly what Feast's built-in Spark
 store returns, on hand-built and on randomized feature tables, for awkward request times."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.environment import redis_reachable
+from core.settings import Settings
+from feast_ext import repo as feast_repo
+from feast_ext.offline_store import STORE_TYPE, AsofSparkOfflineStore
 from tests.conftest import copy_data_dir, utc
 from tests.feast.test_feature_store import _hand_built_item_daily
-from training import feast_repo
 from training.data.synthetic import GeneratorConfig, generate
-from training.environment import redis_reachable
-from training.feast_offline import STORE_TYPE, AsofSparkOfflineStore
 from training.features.pipeline import run_feature_pipeline
-from training.settings import Settings
 
 # `feast apply` updates the online store's infrastructure, so it needs the Redis named in the config
 # (nothing is materialized here, so nothing is written to it).

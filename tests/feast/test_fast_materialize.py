@@ -21,15 +21,15 @@ from feast import RepoConfig
 from feast.data_source import PushMode
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
+from core.environment import redis_client, redis_reachable
+from core.online_marker import marker_key, read_marker
+from core.settings import Settings
+from feast_ext import repo as feast_repo
+from feast_ext.local_read import DuckDBLatestRowsJob, local_parquet_dir
+from feast_ext.offline_store import AsofSparkOfflineStore
 from tests.conftest import utc
-from training import feast_repo
-from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir
-from training.feast_offline import AsofSparkOfflineStore
 from training.data.synthetic import GeneratorConfig, generate
-from training.environment import redis_client, redis_reachable
 from training.features.pipeline import run_feature_pipeline
-from training.online_marker import marker_key, read_marker
-from training.settings import Settings
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_reachable(), reason="needs the real Redis at REDIS_URL")]

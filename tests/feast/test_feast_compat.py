@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from training import feast_compat
-from training.feast_compat import FeastInternal, FeastVersionError, check_feast
+from feast_ext import compat as feast_compat
+from feast_ext.compat import FeastInternal, FeastVersionError, check_feast
 
 
 def test_the_installed_feast_is_the_tested_one_and_has_every_internal():
@@ -40,7 +40,7 @@ def test_another_version_with_every_internal_only_warns(monkeypatch):
 
 def test_serving_refuses_to_start_on_a_feast_without_its_internals(tmp_path):
     """`python -m serving` exits with the message, not a stack trace."""
-    script = ("import training.feast_compat as c\n"
+    script = ("import feast_ext.compat as c\n"
               "c.installed_feast_version = lambda: '0.99.0'\n"
               "c.FEAST_INTERNALS = (c.FeastInternal('feast', 'no_such_thing', 'a test'),)\n"
               "import serving.__main__ as m\n"

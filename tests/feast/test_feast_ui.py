@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from training import feast_repo
+from feast_ext import repo as feast_repo
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.contracts import item_daily_feature_names
+from core.environment import redis_reachable
+from core.settings import Settings
 from tests.conftest import hand_built_feast_world, utc
-from training.environment import redis_reachable
-from training.features.item_features import item_daily_feature_names
-from training.settings import Settings
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_reachable(), reason="needs the real Redis at REDIS_URL")]
@@ -137,8 +137,8 @@ def test_per_entity_group_join_equals_one_direct_call(store, spark):
 def test_delete_online_rows_removes_the_projects_hashes_only(store):
     """What the fixtures use instead of `feast teardown`: the project's hashes go, other projects'
     stay (the world's own, and a made-up one)."""
-    from training import feast_repo
-    from training.environment import redis_client
+    from core.environment import redis_client
+    from feast_ext import repo as feast_repo
 
     _, _, repo, _ = store
     client = redis_client()

@@ -9,7 +9,7 @@ Feast's public API and CLI, on every configuration this project promises:
 * `sql_registry`: the shipped stores with Feast's SQL registry on the local PostgreSQL.
 
 Every configuration must give the same training rows, online values and pushed values; this is the
-early warning for a Feast upgrade (see `training/feast_compat.py`). The serving layer's direct Redis
+early warning for a Feast upgrade (see `feast_ext/compat.py`). The serving layer's direct Redis
 reads (`serving.features.OnlineFeatures`) are checked against `get_online_features` on each too.
 """
 
@@ -23,16 +23,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from feast.data_source import PushMode
 
+from core.environment import redis_reachable
+from feast_ext import repo as feast_repo
 from tests.conftest import copy_data_dir, utc
-from training import feast_repo
-from training.environment import redis_reachable
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_reachable(), reason="needs the real Redis at REDIS_URL")]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 import pandas as pd
 import pytest
 
+from core.schema import SchemaError
 from tests.conftest import event, item_row, user_row, utc, write_raw
-from training.data.schema import SchemaError
 from training.features.pipeline import run_feature_pipeline
 
 pytestmark = pytest.mark.slow
@@ -163,7 +163,8 @@ def test_bad_rows_are_quarantined(spark, settings_for):
     bad = [event(1, 10, "like", utc(2026, 1, 1, 10)), event(1, 10, "view", utc(2026, 1, 1, 11), rating=9.0)]
     write_raw(settings.raw_dir, EVENTS, USERS, ITEMS)
     import pyarrow as pa
-    from training.data.schema import SCHEMAS, write_events_partitioned
+
+    from core.schema import SCHEMAS, write_events_partitioned
     write_events_partitioned(pa.Table.from_pylist(bad, schema=SCHEMAS["events"]), settings.raw_dir / "events", "bad")
     run_feature_pipeline(spark, settings, progress=False)
     quarantined = pd.concat(pd.read_parquet(p) for p in settings.quarantine_dir.glob("events_*"))

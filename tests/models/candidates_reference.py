@@ -12,9 +12,9 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from training.retrieval.ann_index import search
-from training.retrieval.baselines import CoVisitationRecommender, TrendingRecommender
-from training.retrieval.candidates import RETRIEVAL_FEATURES, CandidateConfig
+from core.inference.ann_index import search
+from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+from core.inference.candidates import RETRIEVAL_FEATURES, CandidateConfig
 from training.retrieval.two_tower import TwoTowerModel, UserFeatures
 
 

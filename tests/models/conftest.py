@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluation.metrics import ranking_metrics
-from training.retrieval.baselines import PopularityRecommender
+from core.inference.baselines import PopularityRecommender
+from core.metrics import ranking_metrics
 
 
 @pytest.fixture(autouse=True, scope="session")

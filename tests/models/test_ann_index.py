@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import pytest
 
-from training.retrieval.ann_index import (
+from core.inference.ann_index import (
     build_index,
     load_index,
     recall_vs_exact,

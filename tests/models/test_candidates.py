@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.retrieval.ann_index import build_index
-from training.retrieval.baselines import CoVisitationRecommender, TrendingRecommender
-from training.retrieval.candidates import CandidateConfig, CandidateGenerator
+from core.inference.ann_index import build_index
+from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+from core.inference.candidates import CandidateConfig, CandidateGenerator
 from training.retrieval.two_tower import (
-    Interactions, ItemFeatures, TwoTowerConfig, UserFeatures, train_two_tower,
+    Interactions,
+    ItemFeatures,
+    TwoTowerConfig,
+    UserFeatures,
+    train_two_tower,
 )
 
 N_USERS, N_ITEMS, DAY = 40, 30, 86_400

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.retrieval.inputs import HISTORY_COLUMN, IdMap, fit_user_input_spec, user_dense, user_features
+from core.inference.inputs import HISTORY_COLUMN, IdMap, fit_user_input_spec, user_dense, user_features
 
 
 def frame() -> pd.DataFrame:

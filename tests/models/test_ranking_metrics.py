@@ -3,7 +3,7 @@ from math import log2
 import numpy as np
 import pytest
 
-from training.evaluation.metrics import metrics_table, ranking_metrics
+from core.metrics import metrics_table, ranking_metrics
 
 
 def test_binary_relevance_one_user_known_positions() -> None:
@@ -95,3 +95,14 @@ def test_metrics_table_has_one_row_per_model() -> None:
     assert set(lines[1]) <= {"|", "-"}
     assert [cell.strip() for cell in lines[3].split("|")[1:-1]] == ["two_tower", "0.3123", "0.5000"]
     assert len(lines) == 4
+
+
+def test_precision_at_k_is_hits_over_the_filled_slots_offline_and_online():
+    from core.metrics import precision_at_k
+
+    assert precision_at_k(2, 10, 10) == 0.2
+    assert precision_at_k(2, 4, 10) == 0.5  # a short list is not charged for empty slots
+    assert precision_at_k(0, 0, 10) == 0.0
+    np.testing.assert_allclose(precision_at_k(np.array([1, 3]), np.array([2, 20]), 10), [0.5, 0.3])
+    short = ranking_metrics({1: [5, 6]}, {1: {5: 1.0}}, ks=[10])
+    assert short["precision@10"] == 0.5

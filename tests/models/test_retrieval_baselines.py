@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.retrieval.baselines import (
+from core.inference.baselines import (
     SECONDS_PER_DAY,
     CoVisitationRecommender,
     PopularityRecommender,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.inference.two_tower import UserTower
 from training.retrieval.two_tower import (
     ItemFeatures,
     Interactions,
@@ -104,6 +105,33 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, data, trained
     np.testing.assert_array_equal(
         loaded.item_embeddings(data["items"]), trained.model.item_embeddings(data["items"])
     )
+
+
+def test_the_numpy_user_tower_serving_runs_gives_the_torch_models_embeddings(tmp_path, data, trained) -> None:
+    trained.model.save(tmp_path / "bundle")
+    tower = UserTower.load(tmp_path / "bundle")
+
+    users = data["test"].users
+    expected = trained.model.user_embeddings(users)
+    np.testing.assert_allclose(tower.user_embeddings(users), expected, rtol=0, atol=2e-6)
+    unknown = UserFeatures(user_idx=np.array([-1, 10**9]), history=np.full((2, HISTORY), -5))  # ids out of range
+    np.testing.assert_allclose(tower.user_embeddings(unknown), trained.model.user_embeddings(unknown), atol=2e-6)
+
+
+def test_hashed_user_ids_give_the_same_rows_in_numpy_and_torch(tmp_path, planted) -> None:
+    config = dataclasses.replace(CONFIG, n_user_buckets=97)
+    model = TwoTowerModel(config, planted.n_users, planted.n_items, 3)
+    model.save(tmp_path / "hashed")
+    users = UserFeatures(user_idx=np.array([0, 5, 96, 97, 10**12]), history=np.full((5, HISTORY), planted.n_items))
+    np.testing.assert_allclose(UserTower.load(tmp_path / "hashed").user_embeddings(users),
+                               model.user_embeddings(users), atol=2e-6)
+
+
+def test_a_folder_without_the_numpy_user_tower_is_refused_with_the_reason(tmp_path, trained) -> None:
+    trained.model.save(tmp_path / "old")
+    (tmp_path / "old" / "user_tower.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="retrain"):
+        UserTower.load(tmp_path / "old")
 
 
 def test_embeddings_are_l2_normalised_and_batched_consistently(data, trained) -> None:

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.inference.frame import FeatureSpec
 from tests.monitoring.synthetic_rows import ranking_rows, spec_for
 from training.data.synthetic import GeneratorConfig, generate
-from training.ranking.frame import FeatureSpec
 
 VERSION = "20260101T000000Z-abc123"
 
@@ -56,7 +56,7 @@ def write_bundle(models_dir: Path, spec: FeatureSpec, version: str = VERSION) ->
 
 
 def write_reference(data_dir: Path, rows: pd.DataFrame, version: str = VERSION) -> Path:
-    target = data_dir / "training" / version / "ranker_train_rows"
+    target = data_dir / "training" / version / "ranker_train_rows"  # core.settings.Settings.reference_rows_dir
     target.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), target / "part-00000.parquet")
     return target

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.data.schema import EVENT_GAIN
-from training.ranking.frame import FeatureSpec
+from core.inference.frame import FeatureSpec
+from core.schema import EVENT_GAIN
 
 NUMERIC = ["user_daily__weighted_events_30d", "user_daily__click_count_30d", "user_daily__ctr_30d",
            "user_category__category_weighted_events_30d", "category_share_30d", "item_daily__popularity_7d",

@@ -17,8 +17,16 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportion_
 from typer.testing import CliRunner
 
 from monitoring.ab import (
-    ab_units, achieved_power, adjust_pvalues, analyze, assign_variant, bucket, parse_variants,
-    required_sample_size, srm_check, two_proportion_ztest,
+    ab_units,
+    achieved_power,
+    adjust_pvalues,
+    analyze,
+    assign_variant,
+    bucket,
+    parse_variants,
+    required_sample_size,
+    srm_check,
+    two_proportion_ztest,
 )
 from monitoring.errors import MonitoringInputError
 from tests.monitoring.helpers import record, utc, write_served_log
@@ -186,7 +194,7 @@ def test_units_are_users_and_mixed_users_are_left_out():
 
 
 def _experiment_logs(dirs, with_variants: bool = True, n_users: int = 1200) -> None:
-    from training.data.schema import SCHEMAS, write_events_partitioned
+    from core.schema import SCHEMAS, write_events_partitioned
 
     rng = np.random.default_rng(11)
     start = utc(2026, 3, 1)

@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 
+from core.inference.frame import FeatureSpec
 from monitoring.drift import DriftConfig, feature_columns, prepare, run_drift
 from monitoring.errors import MonitoringInputError
 from tests.monitoring.synthetic_rows import CATEGORICAL, NUMERIC
-from training.ranking.frame import FeatureSpec
 
 SHIFTED = {"device", "item_profile__item_category", "category_share_30d"}
 UNAFFECTED = {"user_profile__gender", "user_profile__age", "user_daily__ctr_30d"}

@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 
 from monitoring.errors import MonitoringInputError
-from monitoring.online_metrics import (
-    QualityConfig, compute_quality, gini, label_lists, latest_event_time, per_request, read_events,
-)
 from monitoring.logs import recommendation_lists
+from monitoring.online_metrics import (
+    QualityConfig,
+    compute_quality,
+    gini,
+    label_lists,
+    latest_event_time,
+    per_request,
+    read_events,
+)
 from monitoring.window import TimeWindow
 from tests.monitoring.helpers import record, utc
 
@@ -107,7 +113,7 @@ def test_our_precision_and_hit_rate_equal_evidentlys():
 def test_reading_events_by_partition(tmp_path):
     import pyarrow as pa
 
-    from training.data.schema import SCHEMAS, write_events_partitioned
+    from core.schema import SCHEMAS, write_events_partitioned
 
     events = _events().assign(rating=None, device="mobile")
     table = pa.Table.from_pandas(events[list(SCHEMAS["events"].names)], schema=SCHEMAS["events"],

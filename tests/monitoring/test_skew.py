@@ -3,7 +3,6 @@ corrupted online value caught against Feast's offline point-in-time features."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,8 +81,8 @@ def test_sampling_keeps_whole_requests():
 
 @pytest.fixture(scope="module")
 def feast_world(hand_built_data, tmp_path_factory):
+    from core.environment import redis_reachable
     from tests.conftest import hand_built_feast_world
-    from training.environment import redis_reachable
 
     if not redis_reachable():
         pytest.skip("needs the real Redis at REDIS_URL")

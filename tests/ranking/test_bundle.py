@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.bundle import (
+from core.bundle import (
     BundleError,
     load_manifest,
     new_version,

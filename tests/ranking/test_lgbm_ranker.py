@@ -2,17 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.evaluation.metrics import ranking_metrics
-from training.ranking.frame import fit_feature_spec
-from training.ranking.lgbm_ranker import (
-    RankerConfig,
-    load_ranker,
-    plot_feature_importance,
-    plot_ranker_curves,
-    save_ranker,
-    score,
-    train_ranker,
-)
+from core.inference.frame import fit_feature_spec
+from core.inference.ranker import load_ranker, save_ranker, score
+from core.metrics import ranking_metrics
+from training.ranking.lgbm_ranker import RankerConfig, plot_feature_importance, plot_ranker_curves, train_ranker
 
 INFORMATIVE = "item_daily__ctr_30d"  # drives the synthetic label most (see conftest.py)
 CONFIG = RankerConfig(
@@ -91,7 +84,7 @@ def test_plots_are_pngs(trained, tmp_path):
 
 
 def test_scoring_from_arrays_equals_the_pandas_categorical_path(trained, ranking_splits):
-    from training.ranking.frame import model_array, to_model_matrix
+    from core.inference.frame import model_array, to_model_matrix
 
     test = ranking_splits["test"].iloc[:300].copy()
     test.loc[test.index[:20], "device"] = "smart-tv"  # unseen category
@@ -113,8 +106,8 @@ def test_scoring_from_arrays_equals_the_pandas_categorical_path(trained, ranking
 
 def test_one_thread_scores_equal_the_default_threads(trained, ranking_splits):
     """Serving predicts with its thread budget (`num_threads=1`): the scores must not change."""
-    from training.ranking.frame import model_array
-    from training.ranking.lgbm_ranker import predict_matrix
+    from core.inference.frame import model_array
+    from core.inference.ranker import predict_matrix
 
     matrix = model_array(ranking_splits["test"].iloc[:500], trained.spec)
     default = predict_matrix(trained.booster, matrix)

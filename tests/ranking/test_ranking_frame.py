@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.ranking.frame import (
+from core.inference.frame import (
     CATEGORY_SHARE,
     DAY_OF_WEEK,
     HOUR_OF_DAY,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from serving.settings import ServingSettings
-from training.settings import Settings
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -36,7 +36,7 @@ class World:
         return datetime(day.year, day.month, day.day, 13, 30, tzinfo=timezone.utc)
 
     def store(self):
-        from training import feast_repo
+        from feast_ext import repo as feast_repo
 
         return feast_repo.feature_store(self.repo)
 
@@ -53,7 +53,7 @@ class World:
 def world(trained_world, tmp_path_factory):
     """The session's trained world (tests/conftest.py), materialized into Redis, its bundle copied
     into a models folder of the serving tests' own as `latest`."""
-    from training import feast_repo
+    from feast_ext import repo as feast_repo
     from training.features.pipeline import default_snapshot_range
 
     started = time.perf_counter()

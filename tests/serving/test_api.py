@@ -15,9 +15,9 @@ import pyarrow.dataset as ds
 import pytest
 from fastapi.testclient import TestClient
 
+from core.bundle import new_version, write_bundle
 from serving.app import create_app
 from serving.features import ItemFeatureCache
-from training.bundle import new_version, write_bundle
 
 from .helpers import users_with_online_history, wait_for
 

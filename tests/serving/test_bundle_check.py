@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from core.bundle import BundleError, new_version, write_bundle
 from serving.app import create_app
 from serving.bundle_check import check_bundle
-from training.bundle import BundleError, new_version, write_bundle
 
 from .helpers import wait_for
 

@@ -7,19 +7,18 @@ import json
 import shutil
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 from fastapi.testclient import TestClient
 
+from core.online_marker import marker_key
+from core.settings import Settings
+from feast_ext import repo as feast_repo
+from feast_ext.online_history import HistoryRow, OnlineHistory
 from serving.app import create_app
-from training import feast_repo
-from training.online_history import HistoryRow, OnlineHistory
-from training.online_marker import marker_key
 from training.restore_online import restore_online
-from training.settings import Settings
 
 from .helpers import users_with_online_history, wait_for
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from core.environment import parse_redis_url
+from core.settings import get_settings
 from serving.app import create_app
-from training.environment import parse_redis_url
-from training.settings import get_settings
 
 from .helpers import wait_for
 from .tcp_proxy import TcpProxy

@@ -1,4 +1,4 @@
-"""The demo's traffic and reports (`serving.demo`, what `make demo` ends with) on the test world:
+"""The demo's traffic and reports (`workflows.traffic`, what `make demo` ends with) on the test world:
 requests under the demo's A/B test on the simulated clock, then the drift and A/B reports."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.demo import DEMO_EXPERIMENT, MAX_CLICK_DELAY, DemoClock, data_end, send_traffic, write_reports
+from workflows.traffic import DEMO_EXPERIMENT, MAX_CLICK_DELAY, DemoClock, data_end, send_traffic, write_reports
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from core.schema import EVENTS_SCHEMA
 from serving.event_log import EventLog
-from training.data.schema import EVENTS_SCHEMA
 
 START = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from core.bundle import new_version, write_bundle
 from monitoring.ab import assign_variant
 from serving.app import create_app
 from serving.experiment import VariantRouter
 from serving.model import ModelHolder
-from serving.settings import ExperimentSettings, ServingSettings
-from training.bundle import new_version, write_bundle
+from serving.settings import ServingSettings
 
 from .helpers import wait_for
 

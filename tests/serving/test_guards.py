@@ -66,8 +66,8 @@ def test_a_window_set_wider_than_the_request_path_can_represent_still_bounds_eve
 
     from pydantic import ValidationError
 
+    from core.time_window import TimeWindow
     from serving.api import schemas
-    from training.data.time_window import TimeWindow
 
     wide = TimeWindow(datetime(1900, 1, 1, tzinfo=timezone.utc), timedelta(days=365_000))
     monkeypatch.setattr(schemas, "time_window", lambda: wide)

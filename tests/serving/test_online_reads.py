@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from core.inference.frame import CATEGORY_SHARE, model_array
 from serving.app import create_app
 from serving.features import ITEM_KEYS, USER_CATEGORY_KEYS, USER_KEYS
 from serving.ranker_input import MatrixPlan
-from training.ranking.frame import CATEGORY_SHARE, model_array
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_assembled_matrix_equals_model_array_of_the_joined_rows(services, world)
         captured["matrix"] = original(plan, *args, **kwargs)
         return captured["matrix"]
 
-    from serving.recommender import _Pending, Recommendation, to_utc
+    from serving.recommender import Recommendation, _Pending, to_utc
 
     batch = [_Pending(Recommendation(f"r{u}", u, "", to_utc(world.request_time), device, []), 10, keep_rows=True)
              for u, device in zip([*users, UNKNOWN], ["mobile", "desktop", "tablet"] * 20)]

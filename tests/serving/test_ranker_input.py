@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.inference.frame import CATEGORY_SHARE, FeatureSpec, model_array
 from serving.ranker_input import CANDIDATE, ITEM, PAIR, REQUEST, MatrixPlan
-from training.ranking.frame import CATEGORY_SHARE, FeatureSpec, model_array
 
 
 def test_matrix_plan_places_every_column_in_its_block():

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from training.online_history import ONE_MICROSECOND, merge_history
+from feast_ext.online_history import ONE_MICROSECOND, merge_history
 from training.restore_online import expected_histories
 
 T = pd.Timestamp(datetime(2026, 3, 2, tzinfo=timezone.utc))

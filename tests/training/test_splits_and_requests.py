@@ -7,8 +7,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
+from core.schema import SCHEMAS
 from tests.conftest import event, utc
-from training.data.schema import SCHEMAS
 from training.datasets import requests as req
 from training.datasets.splits import TimeSplit
 

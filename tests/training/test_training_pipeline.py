@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from training.bundle import BundleError, load_manifest, resolve_bundle
-from training.datasets.point_in_time import service_features
+from core.bundle import BundleError, load_manifest, resolve_bundle
+from core.contracts import service_features
 from training.pipeline import rank_requests
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ GroupLens and point at the folder holding ``u.data``, ``u.user`` and ``u.item`` 
 read too when present). :func:`movielens_dir` gives the folder to use: the ``RECSYS_MOVIELENS_DIR``
 environment variable, else ``../shared/datasets/ml-100k`` relative to the repository root.
 
-Mapping onto the raw contract (``training/data/schema.py``):
+Mapping onto the raw contract (``core/schema.py``):
 
 - **events** (``u.data``, tab separated ``user item rating unix_ts``): each rating becomes one
   event with ``event_type = "view"`` (the platform's lowest-intent interaction: MovieLens has no
@@ -26,7 +26,7 @@ Mapping onto the raw contract (``training/data/schema.py``):
   rating time), so no item is ever rated before it exists (release date missing -> first rating
   time; neither -> null, and the item is quarantined).
 
-:func:`write_movielens` writes the three tables through :func:`training.data.schema.ingest`, so they
+:func:`write_movielens` writes the three tables through :func:`core.schema.ingest`, so they
 get exactly the validation, quarantine and atomic, all-or-nothing layout replacement of any
 user-supplied data. Its ``keep`` filter writes a subset of the ratings (e.g. a benchmark
 protocol's train part); sign-up and creation times are then derived from the kept ratings only. :func:`read_interactions` gives the ratings as a plain frame
@@ -34,7 +34,7 @@ protocol's train part); sign-up and creation times are then derived from the kep
 
 A missing folder or file raises ``FileNotFoundError`` naming it; a malformed file (wrong number
 of fields, a value that does not parse, ratings outside 1..5) raises
-:class:`~training.data.schema.SchemaError` naming the file.
+:class:`~core.schema.SchemaError` naming the file.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.data.schema import (
+from core.schema import (
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
     RATING_RANGE,
@@ -84,7 +84,7 @@ def movielens_dir(repo_root: str | Path | None = None) -> Path:
     if configured:
         return Path(configured).expanduser()
     if repo_root is None:
-        from training.settings import REPO_ROOT
+        from core.settings import REPO_ROOT
 
         repo_root = REPO_ROOT
     return (Path(repo_root) / DEFAULT_MOVIELENS_DIR).resolve()
@@ -295,7 +295,7 @@ def write_movielens(
 ) -> dict[str, dict[str, int]]:
     """Load MovieLens from ``data_dir`` and write it into the canonical layout under ``raw_dir``.
 
-    Goes through :func:`training.data.schema.ingest` (validation, quarantine of bad rows under
+    Goes through :func:`core.schema.ingest` (validation, quarantine of bad rows under
     ``quarantine_dir``, atomic replacement of what ``raw_dir`` held). ``keep`` filters the ratings
     as in :func:`load_movielens`. Returns ``{kind: {"valid": n, "rejected": n}}`` for events,
     users and items.

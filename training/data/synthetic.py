@@ -34,10 +34,8 @@ therefore a function of the config's generative fields only, whatever the chunki
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -49,15 +47,13 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
-from training.atomic import write_json_atomic
-from training.data.schema import (
+from core.atomic import atomic_path, replace_directory, staging_directory, write_json_atomic
+from core.schema import (
     DEVICES,
     EVENT_TYPES,
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
     USERS_SCHEMA,
-    replace_directory,
-    staging_directory,
     write_events_partitioned,
     write_table_atomic,
 )
@@ -732,13 +728,8 @@ def save_ground_truth(world: World, config: GeneratorConfig, path: Path) -> Path
         "factor_weight": np.array(config.factor_weight),
         "drift_categories": world.drift_categories.astype(np.int64),
     }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -10,44 +10,16 @@ on the user. `join_feature_service` therefore asks Feast once per entity-key gro
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from feast import FeatureStore
 
-if TYPE_CHECKING:  # the serving layer imports service_features and must not load pyspark
+from core.contracts import TIMESTAMP_COLUMN as TIMESTAMP
+from core.contracts import service_features
+
+if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-TIMESTAMP = "event_timestamp"
-
-
-@dataclass(frozen=True)
-class ServiceFeatures:
-    """The feature service's features grouped by join keys, in the service's order."""
-
-    name: str
-    refs_by_keys: dict[tuple[str, ...], list[str]]
-
-    @property
-    def columns(self) -> list[str]:
-        """Output column names (full feature names: `<view>__<feature>`), in service order."""
-        return [ref.replace(":", "__") for refs in self.refs_by_keys.values() for ref in refs]
-
-    @property
-    def refs(self) -> list[str]:
-        return [ref for refs in self.refs_by_keys.values() for ref in refs]
-
-
-def service_features(store: FeatureStore, service_name: str) -> ServiceFeatures:
-    service = store.get_feature_service(service_name)
-    grouped: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for projection in service.feature_view_projections:
-        view = store.get_feature_view(projection.name)
-        keys = tuple(column.name for column in view.entity_columns)
-        grouped[keys] += [f"{projection.name_to_use()}:{f.name}" for f in projection.features]
-    return ServiceFeatures(service_name, dict(grouped))
 
 
 def join_feature_service(store: FeatureStore, rows: DataFrame, service_name: str) -> DataFrame:

@@ -21,7 +21,7 @@ from datetime import date, timedelta
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from training.data.schema import EVENT_GAIN
+from core.schema import EVENT_GAIN
 
 
 def graded_label() -> F.Column:

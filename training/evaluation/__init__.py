@@ -1,5 +1,5 @@
 """Offline evaluation of recommendation lists."""
 
-from training.evaluation.metrics import metrics_table, ranking_metrics
+from core.metrics import metrics_table, ranking_metrics
 
 __all__ = ["metrics_table", "ranking_metrics"]

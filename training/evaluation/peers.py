@@ -38,8 +38,8 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from core.inference.baselines import top_k_items
 from training.evaluation.protocols import SECONDS_PER_DAY, Protocol, evaluate_lists
-from training.retrieval.baselines import top_k_items
 
 DEFAULT_K = 10
 DEFAULT_SEED = 42

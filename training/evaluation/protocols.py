@@ -21,7 +21,7 @@ every held-out item the user has not already interacted with in train) and the i
 from the user's list (every item the user interacted with in train). :meth:`Protocol.validation`
 applies the same protocol again inside the train part, for hyper-parameter selection that never
 touches the test interactions. :func:`evaluate_lists` scores any model's ranked lists on a protocol
-with the platform's metric code (:func:`training.evaluation.metrics.ranking_metrics`).
+with the platform's metric code (:func:`core.metrics.ranking_metrics`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.evaluation.metrics import ranking_metrics
+from core.metrics import ranking_metrics
 
 SECONDS_PER_DAY = 86_400
 COLUMNS: tuple[str, ...] = ("user_id", "item_id", "ts", "rating")

@@ -13,7 +13,6 @@ import html
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.evaluation.metrics import metrics_table
+from core.atomic import write_text_atomic
+from core.metrics import metrics_table
 from training.plotting import save_png
 
 CURVE_METRICS: tuple[str, ...] = ("ndcg", "recall", "hitrate", "map")
@@ -169,10 +169,4 @@ def _html_table(markdown_table: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(text, path)

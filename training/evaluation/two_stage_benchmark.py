@@ -21,14 +21,13 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from training import feast_repo
+from core.inference.candidates import CandidateConfig
+from core.settings import Settings
+from feast_ext import repo as feast_repo
 from training.data.movielens import DEVICE, write_movielens
 from training.evaluation.protocols import Protocol
 from training.features.pipeline import run_feature_pipeline
-from training.retrieval.candidates import CandidateConfig
 from training.pipeline import TrainConfig, rank_requests, train_two_stage
-from training.settings import Settings
-
 
 # The requests each protocol asks at: the global cut is a midnight, per-user requests come mid-session.
 REQUEST_MODES = {"global": "daily", "per_user": "session"}

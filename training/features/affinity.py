@@ -7,14 +7,11 @@ from datetime import date
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from core.contracts import affinity_feature_names
 from training.features.windows import daily_counts, in_snapshot_range, snapshot_timestamp
 
 KEYS = ["user_id", "category"]
 
-
-def affinity_feature_names(windows: tuple[int, ...]) -> list[str]:
-    longest = max(windows)
-    return [f"category_weighted_events_{longest}d", f"category_events_{longest}d"]
 
 
 def build_user_category(events: DataFrame, items: DataFrame, first_snapshot: date,

@@ -7,20 +7,17 @@ from datetime import date, timedelta
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from training.data.schema import EVENT_TYPES
+from core.contracts import item_daily_feature_names
+from core.schema import EVENT_TYPES
 from training.features.windows import (
-    SECONDS_PER_DAY, daily_counts, dense_grid, in_snapshot_range, rolling, safe_ratio,
+    SECONDS_PER_DAY,
+    daily_counts,
+    dense_grid,
+    in_snapshot_range,
+    rolling,
+    safe_ratio,
     snapshot_timestamp,
 )
-
-
-def item_daily_feature_names(windows: tuple[int, ...]) -> list[str]:
-    longest = max(windows)
-    popularity = [f"{name}_{w}d" for w in windows for name in ("popularity", "log_popularity")]
-    return popularity + [
-        f"purchase_count_{longest}d", f"ctr_{longest}d", f"conversion_rate_{longest}d",
-        f"avg_rating_{longest}d", "age_days", "is_new",
-    ]
 
 
 def build_item_daily(events: DataFrame, items: DataFrame, first_snapshot: date, last_snapshot: date,

@@ -7,7 +7,6 @@ day replaces that day's partition and never duplicates rows.
 from __future__ import annotations
 
 import re
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -17,15 +16,18 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from tqdm.auto import tqdm
 
-from training.data.schema import SchemaError
+from core.atomic import replace_directory
+from core.schema import SchemaError
+from core.settings import Settings
 from training.features.affinity import build_user_category
 from training.features.item_features import build_item_daily, build_item_profile
 from training.features.raw_io import read_events, read_items, read_users
 from training.features.user_features import (
-    build_user_daily, build_user_profile, build_user_recent_history,
+    build_user_daily,
+    build_user_profile,
+    build_user_recent_history,
 )
 from training.features.windows import event_read_start
-from training.settings import Settings
 
 # Feature tables under settings.features_dir; Feast sources point at the same names.
 PARTITIONED_TABLES = ("user_daily", "item_daily", "user_category", "user_recent_history")
@@ -63,13 +65,9 @@ def _write_partitioned(df: DataFrame, path: Path) -> int:
 
 def _write_replacing(df: DataFrame, path: Path) -> int:
     """Write a whole table to a temp dir, then swap it in, so readers never see half a table."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    df.write.mode("overwrite").parquet(str(tmp))
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    staging = path.with_name(f".{path.name}.staging-{uuid.uuid4().hex}")  # Spark creates it
+    df.write.mode("overwrite").parquet(str(staging))
+    replace_directory(staging, path)
     return df.sparkSession.read.parquet(str(path)).count()
 
 

@@ -10,8 +10,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from training.data.schema import DEVICES, EVENT_TYPES, SCHEMAS, SchemaError
-from training.data.time_window import OUTSIDE_WINDOW, time_window
+from core.schema import DEVICES, EVENT_TYPES, SCHEMAS, SchemaError
+from core.time_window import OUTSIDE_WINDOW, time_window
 
 # Spark types each raw column may arrive as; all are cast to the first one.
 _ACCEPTED_SPARK_TYPES: dict[pa.DataType, tuple[type, ...]] = {

@@ -7,21 +7,17 @@ from datetime import date, timedelta
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from training.data.schema import EVENT_TYPES
+from core.contracts import user_daily_feature_names
+from core.schema import EVENT_TYPES
 from training.features.windows import (
-    SECONDS_PER_DAY, daily_counts, dense_grid, in_snapshot_range, rolling, safe_ratio,
+    SECONDS_PER_DAY,
+    daily_counts,
+    dense_grid,
+    in_snapshot_range,
+    rolling,
+    safe_ratio,
     snapshot_timestamp,
 )
-
-
-def user_daily_feature_names(windows: tuple[int, ...]) -> list[str]:
-    longest = max(windows)
-    counts = [f"{t}_count_{w}d" for w in windows for t in EVENT_TYPES]
-    return counts + [
-        f"weighted_events_{longest}d", f"active_days_{longest}d", f"ctr_{longest}d",
-        f"conversion_rate_{longest}d", f"avg_rating_{longest}d", "days_since_last_event",
-        "tenure_days",
-    ]
 
 
 def build_user_daily(events: DataFrame, users: DataFrame, first_snapshot: date,

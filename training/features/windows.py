@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from training.data.schema import EVENT_GAIN, EVENT_TYPES
+from core.schema import EVENT_GAIN, EVENT_TYPES
 
 SECONDS_PER_DAY = 86_400.0
 

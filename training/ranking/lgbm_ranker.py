@@ -1,14 +1,12 @@
 """LightGBM LambdaRank ranker over (request, candidate item) rows.
 
 One group per `request_id`; labels are graded 0..4 (negative, view, click, add_to_cart,
-purchase) with gains 2^label - 1, the same gains `training.evaluation.metrics` uses. Models are
+purchase) with gains 2^label - 1, the same gains `core.metrics` uses. Models are
 persisted as LightGBM text (never pickle), which also carries the pandas category lists.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +16,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from core.inference.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, to_model_matrix
 from training.plotting import new_figure, save_png
-from training.ranking.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, model_array, to_model_matrix
 
 EvalsResult = dict[str, dict[str, list[float]]]
 TRAIN_NAME = "train"
@@ -194,46 +192,6 @@ def feature_importance(booster: lgb.Booster) -> pd.DataFrame:
     total = importance["gain"].sum()
     importance["gain_share"] = importance["gain"] / total if total > 0 else 0.0
     return importance.sort_values(["gain", "feature"], ascending=[False, True], ignore_index=True)
-
-
-def save_ranker(booster: lgb.Booster, path: str | Path) -> Path:
-    """Write the model as LightGBM text (best iteration only) via a temp file + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        booster.save_model(tmp, num_iteration=booster.best_iteration or None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def load_ranker(path: str | Path) -> lgb.Booster:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ranker model at {path}")
-    return lgb.Booster(model_file=str(path))
-
-
-def score(booster: lgb.Booster, df: pd.DataFrame | Mapping[str, Any], spec: FeatureSpec) -> np.ndarray:
-    """Scores in the row order of `df` (no grouping needed at prediction time). `df` may also be a
-    mapping of columns (serving builds those); the matrix comes from `model_array` either way."""
-    if booster.feature_name() != spec.columns:
-        raise ValueError(
-            f"model features {booster.feature_name()} differ from the spec's {spec.columns}"
-        )
-    return predict_matrix(booster, model_array(df, spec))
-
-
-def predict_matrix(booster: lgb.Booster, matrix: np.ndarray, num_threads: int | None = None) -> np.ndarray:
-    """Scores of a `model_array` matrix (columns in the booster's feature order). `num_threads`
-    caps LightGBM's OpenMP threads (None: LightGBM's default, all cores); a server scoring small
-    matrices from several threads at once wants 1, or the threads spin-wait on each other."""
-    if len(matrix) == 0:
-        return np.zeros(0, dtype=np.float64)
-    options = {} if num_threads is None else {"num_threads": num_threads}
-    return np.asarray(booster.predict(matrix, **options), dtype=np.float64)
 
 
 def plot_feature_importance(importance: pd.DataFrame, path: str | Path, top: int = 25) -> Path:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.retrieval.baselines import top_k_items
+from core.inference.baselines import top_k_items
 
 
 @dataclass

@@ -24,84 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.inference.baselines import top_k_items
+from core.inference.two_tower import (
+    CONFIG_FILE,
+    HASH_MULTIPLIER,
+    USER_TOWER_FILE,
+    USER_TOWER_PREFIXES,
+    WEIGHTS_FILE,
+    ItemFeatures,
+    TwoTowerConfig,
+    UserFeatures,
+    read_metadata,
+)
 from training.plotting import new_figure, save_png
-from training.retrieval.baselines import top_k_items
-
-WEIGHTS_FILE = "two_tower.pt"
-CONFIG_FILE = "two_tower_config.json"
-_HASH_MULTIPLIER = 2_654_435_761  # Knuth's multiplicative hash constant
-
-
-@dataclass
-class TwoTowerConfig:
-    embedding_dim: int = 64
-    id_dim: int = 64
-    category_dim: int = 16
-    hidden_dims: tuple[int, ...] = (128,)
-    n_user_buckets: int | None = None
-    temperature: float = 0.05
-    logq_correction: bool = True
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    batch_size: int = 512
-    epochs: int = 20
-    patience: int = 3
-    eval_k: int = 10
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TwoTowerConfig:
-        values = dict(values)
-        values["hidden_dims"] = tuple(values.get("hidden_dims", ()))
-        return cls(**values)
-
-
-def _no_dense() -> np.ndarray:
-    return np.zeros((0, 0), dtype=np.float32)
-
-
-def _as_dense(dense: np.ndarray | None, n_rows: int) -> np.ndarray:
-    """Dense features as float32 (n_rows, d); None or an empty array means d = 0."""
-    if dense is None or np.size(dense) == 0:
-        return np.zeros((n_rows, 0), dtype=np.float32)
-    dense = np.asarray(dense, dtype=np.float32)
-    if dense.ndim != 2 or len(dense) != n_rows:
-        raise ValueError(f"dense features must have shape ({n_rows}, d), got {dense.shape}")
-    return dense
-
-
-@dataclass
-class UserFeatures:
-    """One row per query: user id, recent item history padded with `n_items`, dense features."""
-
-    user_idx: np.ndarray
-    history: np.ndarray
-    dense: np.ndarray = field(default_factory=_no_dense)
-
-    def __post_init__(self) -> None:
-        self.user_idx = np.asarray(self.user_idx, dtype=np.int64)
-        self.history = np.asarray(self.history, dtype=np.int64).reshape(len(self.user_idx), -1)
-        self.dense = _as_dense(self.dense, len(self.user_idx))
-
-    def __len__(self) -> int:
-        return len(self.user_idx)
-
-
-@dataclass
-class ItemFeatures:
-    """Catalog-wide item features indexed by item_idx (row i describes item i)."""
-
-    category: np.ndarray
-    dense: np.ndarray = field(default_factory=_no_dense)
-
-    def __post_init__(self) -> None:
-        self.category = np.asarray(self.category, dtype=np.int64)
-        self.dense = _as_dense(self.dense, len(self.category))
-
-    def __len__(self) -> int:
-        return len(self.category)
 
 
 @dataclass
@@ -186,7 +121,7 @@ class TwoTowerModel(nn.Module):
 
     def _user_rows(self, user_idx: torch.Tensor) -> torch.Tensor:
         if self.config.n_user_buckets:
-            return (user_idx * _HASH_MULTIPLIER) % self.config.n_user_buckets
+            return (user_idx * HASH_MULTIPLIER) % self.config.n_user_buckets
         n_users = self.sizes["n_users"]
         return torch.where((user_idx >= 0) & (user_idx < n_users), user_idx, n_users)
 
@@ -238,19 +173,28 @@ class TwoTowerModel(nn.Module):
             for user, row in zip(users.user_idx, scores)
         ]
 
+    def metadata(self) -> dict[str, Any]:
+        """The config and sizes (CONFIG_FILE's content): what `load` and `UserTower` rebuild from."""
+        return {"config": asdict(self.config), **self.sizes}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The state_dict as numpy arrays (what a bundle saves)."""
+        return {name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()}
+
     def save(self, directory: str | Path) -> Path:
+        """The torch state_dict, the config and the user side as numpy (USER_TOWER_FILE) in `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), directory / WEIGHTS_FILE)
-        metadata = {"config": asdict(self.config), **self.sizes}
-        (directory / CONFIG_FILE).write_text(json.dumps(metadata, indent=2))
+        np.savez(directory / USER_TOWER_FILE, **{name: array for name, array in self.state_arrays().items()
+                                                 if name.startswith(USER_TOWER_PREFIXES)})
+        (directory / CONFIG_FILE).write_text(json.dumps(self.metadata(), indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> TwoTowerModel:
         directory = Path(directory)
-        metadata = json.loads((directory / CONFIG_FILE).read_text())
-        config = TwoTowerConfig.from_dict(metadata.pop("config"))
+        config, metadata = read_metadata(directory)
         if device is not None:
             config.device = device
         model = cls(config, **metadata)

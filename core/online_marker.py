@@ -1,7 +1,7 @@
 """A marker key that says the online store holds a materialization.
 
 Redis without persistence comes back empty after a restart, and an empty store answers every
-read: all users look cold. Materialization (`training.feast_materialize`) writes this key after a
+read: all users look cold. Materialization (`feast_ext.materialize`) writes this key after a
 run whose views all succeeded; serving's health check reads it (a missing marker: the store was
 lost, `/readyz` 503); `python -m training restore-online` re-materializes and writes it again.
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from feast import FeatureStore
 
-from training.settings import get_settings
+from core.settings import apply_environment_defaults, get_settings
 
 FEAST_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Feast decorates its classes with typeguard's @typechecked, which re-parses and recompiles their
@@ -37,6 +37,7 @@ def feast_executable() -> str:
 def feast_env(command: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment to run `feast <command>` in: ours plus `env`, and Python's -O for commands
     that only move data (see UNCHECKED_COMMANDS)."""
+    apply_environment_defaults()
     merged = {**os.environ, **(env or {})}
     if command in UNCHECKED_COMMANDS:
         merged.setdefault("PYTHONOPTIMIZE", "1")
@@ -79,9 +80,9 @@ def project_name(repo: Path) -> str:
 def delete_online_rows(project: str) -> int:
     """Delete the Redis hashes of `project` (Feast's Redis store suffixes every key with the
     project name, and its teardown scans the same `*<project>` pattern) and with them the
-    materialization marker (`training.online_marker`): what `feast teardown` removes from Redis,
+    materialization marker (`core.online_marker`): what `feast teardown` removes from Redis,
     without starting the CLI. Returns how many keys were deleted."""
-    from training.environment import redis_client
+    from core.environment import redis_client
 
     client = redis_client()
     batch, deleted = [], 0
@@ -96,6 +97,7 @@ def delete_online_rows(project: str) -> int:
 
 
 def feature_store(repo_path: Path | None = None) -> FeatureStore:
+    apply_environment_defaults()
     return FeatureStore(repo_path=str(repo_path or get_settings().repo_root))
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow
 import pyarrow.dataset
 
-from training.feast_compat import check_feast
+from feast_ext.compat import check_feast
 
 check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
 
@@ -37,6 +37,7 @@ from feast.errors import DataSourceNotFoundException
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
+
 
 def local_parquet_dir(source: DataSource) -> Path | None:
     """The local directory or file of a plain parquet SparkSource, else None."""

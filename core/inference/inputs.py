@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.retrieval.two_tower import ItemFeatures, UserFeatures
+from core.inference.two_tower import ItemFeatures, UserFeatures
 
 HISTORY_COLUMN = "user_recent_history__recent_item_ids"
 EXCLUDED_USER_COLUMNS = (HISTORY_COLUMN, "user_recent_history__last_event_timestamp",

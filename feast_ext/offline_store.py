@@ -18,12 +18,12 @@ timestamp) rows joined back afterwards) saves a distinct and a join per group: m
 CPU at 1M rows. The price: all rows of one key meet in one task, as in the window anyway.
 
 Everything stays in Spark, so it runs on a cluster like the built-in. Select it in
-feature_store.yaml with `offline_store.type: training.feast_offline.AsofSparkOfflineStore`.
+feature_store.yaml with `offline_store.type: feast_ext.offline_store.AsofSparkOfflineStore`.
 Requests this join does not cover fall back to the built-in (see `_unsupported`).
 
 Materialization's latest-row query (`pull_latest_from_table_or_query`) is the built-in one, run by
 DuckDB in-process when the source is local parquet and Spark runs in local mode
-(`local_source_reader: auto`, see training/feast_local_read.py); `feast apply`'s check that each
+(`local_source_reader: auto`, see feast_ext/local_read.py); `feast apply`'s check that each
 source can be read reads such a source's parquet schema with pyarrow, so neither command starts a
 JVM (~6 s here) for a few local files. On Spark, the latest rows are
 collected with `toArrow()` instead of the built-in `toPandas()` followed by
@@ -42,12 +42,13 @@ import pandas as pd
 import pyarrow
 import pyspark.sql
 
-from training.feast_compat import check_feast
+from feast_ext.compat import check_feast
 
 check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
 
 from feast import FeatureView, OnDemandFeatureView
 from feast.batch_feature_view import BatchFeatureView
+from feast.data_source import DataSource
 from feast.errors import InvalidEntityType
 from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
@@ -58,7 +59,6 @@ from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
     get_spark_session_or_start_new_with_repoconfig,
 )
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
-from feast.data_source import DataSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.infra.offline_stores.offline_utils import FeatureViewQueryContext
 from feast.infra.registry.base_registry import BaseRegistry
@@ -67,9 +67,9 @@ from pydantic import StrictStr
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from training.feast_local_read import DuckDBLatestRowsJob, local_parquet_dir, local_parquet_schema, spark_is_local
+from feast_ext.local_read import DuckDBLatestRowsJob, local_parquet_dir, local_parquet_schema, spark_is_local
 
-STORE_TYPE = "training.feast_offline.AsofSparkOfflineStore"
+STORE_TYPE = "feast_ext.offline_store.AsofSparkOfflineStore"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Internal column names; the prefix keeps them apart from any entity-dataframe column.
 _P = "__feast_asof_"

@@ -28,9 +28,9 @@ import httpx
 import pandas as pd
 from rich.console import Console
 
+from core.schema import DEVICES, EVENT_TYPES
+from core.settings import get_settings
 from serving.settings import LATEST_BUNDLE, ExperimentSettings, ServingSettings, VariantSettings, get_serving_settings
-from training.data.schema import DEVICES, EVENT_TYPES
-from training.settings import get_settings
 
 console = Console()
 
@@ -255,7 +255,7 @@ def serve_traffic(n_requests: int = 300) -> DemoTraffic:
 def monitor_traffic(traffic: DemoTraffic) -> DemoReports:
     """The drift and A/B reports on the demo's served log."""
     settings, serving = get_settings(), get_serving_settings()
-    out_dir = settings.reports_dir / "monitoring" / f"demo-{traffic.stamp}"
+    out_dir = settings.monitoring_report_dir(f"demo-{traffic.stamp}")
     return write_reports(serving, traffic.log_dir, traffic.clock, traffic.experiment, out_dir)
 
 

@@ -24,7 +24,7 @@ store) into exactly the same Redis hashes, faster:
 The first row of every batch is checked against Feast's own key and value serialization, so a
 change of encoding in a Feast upgrade fails loudly instead of writing unreadable rows.
 Everything else (reads, pushes through `online_write_batch`, teardown) is the built-in store's.
-Select it in feature_store.yaml with `online_store.type: training.feast_online.FastRedisOnlineStore`.
+Select it in feature_store.yaml with `online_store.type: feast_ext.online_store.FastRedisOnlineStore`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training.feast_compat import check_feast
+from feast_ext.compat import check_feast
 
 check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
 
@@ -56,7 +56,7 @@ from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import PositiveInt
 
-STORE_TYPE = "training.feast_online.FastRedisOnlineStore"
+STORE_TYPE = "feast_ext.online_store.FastRedisOnlineStore"
 _CRLF = b"\r\n"
 _DOUBLE_CELL = 15  # "$9\r\n" + 0x29 + 8 bytes + "\r\n"
 
@@ -109,7 +109,7 @@ return written
 class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     """The built-in Redis options plus the size of one write script call."""
 
-    type: Literal["training.feast_online.FastRedisOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
+    type: Literal["feast_ext.online_store.FastRedisOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
     # Redis runs one script call at a time: ~1000 rows keep each call to a few ms, so other
     # clients (online serving) are not held up behind a materialization.
     rows_per_script: PositiveInt = 1000

@@ -1,5 +1,9 @@
 """Versioned model bundles: `<models_dir>/<version>/` plus a `latest` pointer file.
 
+`Bundle` is the format: every file a bundle holds, the one writer (`Bundle.save`, used by the
+training pipeline and the serving benchmark) and the one reader (`Bundle.load`, used by serving;
+monitoring reads `ranker_spec.json` and the manifest with `read_ranker_spec` / `read_manifest`).
+
 A bundle is written into a hidden temp directory, then renamed into place, and only then is
 `latest` repointed (temp file + os.replace), so a reader never sees a half-written bundle and a
 failed write leaves the previous `latest` in place. Metadata is JSON; nothing is pickled.
@@ -14,17 +18,44 @@ import os
 import secrets
 import shutil
 import subprocess
-import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from training.settings import REPO_ROOT
+import faiss
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+
+from core.atomic import write_text_atomic
+from core.inference.ann_index import load_index, save_index
+from core.inference.frame import FeatureSpec
+from core.inference.inputs import UserInputSpec
+from core.inference.ranker import load_ranker, save_ranker
+from core.inference.two_tower import CONFIG_FILE, USER_TOWER_FILE, USER_TOWER_PREFIXES, WEIGHTS_FILE
+from core.settings import REPO_ROOT
 
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "latest"
+# The files of a bundle (relative paths), written by `Bundle.save` and read by `Bundle.load`.
+TWO_TOWER_DIR = "two_tower"
+TWO_TOWER_WEIGHTS = f"{TWO_TOWER_DIR}/{WEIGHTS_FILE}"  # the whole torch state_dict (training can resume)
+TWO_TOWER_CONFIG = f"{TWO_TOWER_DIR}/{CONFIG_FILE}"
+USER_TOWER = f"{TWO_TOWER_DIR}/{USER_TOWER_FILE}"  # the user side's weights as numpy (serving)
+USER_INPUTS = "user_inputs.json"
+FAISS_INDEX = "faiss.index"
+ITEM_EMBEDDINGS = "item_embeddings.npy"
+RANKER = "ranker.txt"
+RANKER_SPEC = "ranker_spec.json"
+ITEM_IDS = "item_ids.npy"
+USER_IDS = "user_ids.npy"
+CATEGORIES = "categories.json"
+ITEM_AVAILABLE_FROM = "item_available_from.npy"
+COVISITATION = "covisitation.npz"
+TRENDING_SCORES = "trending_scores.npy"
 REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
 # manifest name -> distribution names to try (the first installed one wins)
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -42,6 +73,114 @@ Writer = Callable[[Path], None]
 
 class BundleError(RuntimeError):
     """A bundle is missing, incomplete, tampered with or incompatible with the caller."""
+
+
+@dataclass
+class Bundle:
+    """Everything a model bundle holds, in memory; row i of every per-item array is item index i.
+
+    `two_tower_state` is the two-tower model's whole state_dict as numpy arrays (saved as the torch
+    file `two_tower.pt`, loaded with `weights_only=True` by training only); serving needs the user
+    side alone, saved as `user_tower.npz` and loaded here as `user_tower_weights`, so that the
+    serving process never imports torch. `Bundle.load` leaves `two_tower_state` None."""
+
+    two_tower_config: dict[str, Any]  # {"config": TwoTowerConfig as a dict, "n_users": ..., "n_items": ...}
+    user_tower_weights: dict[str, np.ndarray]
+    user_spec: UserInputSpec
+    index: faiss.Index
+    item_embeddings: np.ndarray
+    ranker: lgb.Booster
+    ranker_spec: FeatureSpec
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    categories: list[str]
+    item_available_from: np.ndarray  # epoch seconds each item exists from
+    covisitation: sp.csr_matrix
+    trending_scores: np.ndarray
+    manifest: dict[str, Any] = field(default_factory=dict)
+    two_tower_state: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def from_two_tower_state(cls, state: Mapping[str, np.ndarray], **fields: Any) -> Bundle:
+        """A bundle whose user tower is the user side of a whole two-tower state_dict."""
+        state = dict(state)
+        user_side = {name: array for name, array in state.items() if name.startswith(USER_TOWER_PREFIXES)}
+        return cls(user_tower_weights=user_side, two_tower_state=state, **fields)
+
+    def save(self, models_dir: str | Path, version: str) -> Path:
+        """Write every file into `models_dir/version` and publish it as `latest` (see `write_bundle`).
+        `manifest` must name the feature service and its features."""
+        if self.two_tower_state is None:
+            raise ValueError("a bundle is saved from a trained two-tower model (two_tower_state)")
+        writers: dict[str, Writer] = {
+            TWO_TOWER_WEIGHTS: lambda p: _save_torch_state(self.two_tower_state, p),
+            TWO_TOWER_CONFIG: lambda p: p.write_text(json.dumps(self.two_tower_config, indent=2)),
+            USER_TOWER: lambda p: _save_npz(p, self.user_tower_weights),
+            USER_INPUTS: lambda p: p.write_text(self.user_spec.to_json()),
+            FAISS_INDEX: lambda p: save_index(self.index, p),
+            ITEM_EMBEDDINGS: lambda p: _save_npy(p, self.item_embeddings),
+            RANKER: lambda p: save_ranker(self.ranker, p),
+            RANKER_SPEC: lambda p: p.write_text(self.ranker_spec.to_json()),
+            ITEM_IDS: lambda p: _save_npy(p, self.item_ids),
+            USER_IDS: lambda p: _save_npy(p, self.user_ids),
+            CATEGORIES: lambda p: p.write_text(json.dumps(list(self.categories))),
+            ITEM_AVAILABLE_FROM: lambda p: _save_npy(p, self.item_available_from),
+            COVISITATION: lambda p: sp.save_npz(p, sp.csr_matrix(self.covisitation)),
+            TRENDING_SCORES: lambda p: _save_npy(p, self.trending_scores),
+        }
+        return write_bundle(models_dir, version, writers, self.manifest)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, expected_features: list[str] | None = None) -> Bundle:
+        """Read a bundle, verifying its manifest and checksums first (`load_manifest`). Nothing is
+        unpickled: JSON, numpy without pickle, LightGBM text, FAISS's own format."""
+        bundle_dir = Path(bundle_dir)
+        manifest = load_manifest(bundle_dir, expected_features=expected_features)
+        if not (bundle_dir / USER_TOWER).is_file():
+            raise BundleError(f"bundle {bundle_dir.name} has no {USER_TOWER} (written before the numpy user "
+                              "tower): retrain to serve it")
+        with np.load(bundle_dir / USER_TOWER, allow_pickle=False) as weights:
+            user_tower = dict(weights)
+        return cls(
+            two_tower_config=json.loads((bundle_dir / TWO_TOWER_CONFIG).read_text()),
+            user_tower_weights=user_tower,
+            user_spec=UserInputSpec.from_json((bundle_dir / USER_INPUTS).read_text()),
+            index=load_index(bundle_dir / FAISS_INDEX),
+            item_embeddings=_load_npy(bundle_dir / ITEM_EMBEDDINGS),
+            ranker=load_ranker(bundle_dir / RANKER),
+            ranker_spec=read_ranker_spec(bundle_dir),
+            item_ids=_load_npy(bundle_dir / ITEM_IDS),
+            user_ids=_load_npy(bundle_dir / USER_IDS),
+            categories=json.loads((bundle_dir / CATEGORIES).read_text()),
+            item_available_from=_load_npy(bundle_dir / ITEM_AVAILABLE_FROM),
+            covisitation=sp.load_npz(bundle_dir / COVISITATION).tocsr(),
+            trending_scores=_load_npy(bundle_dir / TRENDING_SCORES),
+            manifest=manifest,
+        )
+
+
+def read_ranker_spec(bundle_dir: str | Path) -> FeatureSpec:
+    """The ranker's input columns (`ranker_spec.json`), without loading anything else."""
+    return FeatureSpec.from_json((Path(bundle_dir) / RANKER_SPEC).read_text())
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    np.save(path, np.asarray(array), allow_pickle=False)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # np.savez would append ".npz" to a name without it
+        np.savez(handle, **arrays)
+
+
+def _save_torch_state(state: Mapping[str, np.ndarray], path: Path) -> None:
+    import torch  # training only: the serving process never saves a bundle
+
+    torch.save({name: torch.from_numpy(np.asarray(array)) for name, array in state.items()}, path)
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -102,12 +241,7 @@ def _run_writer(staging: Path, name: str, writer: Writer) -> str:
 
 
 def _point_latest(models_dir: Path, version: str) -> None:
-    tmp = models_dir / f".{LATEST_FILE}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(version + "\n")
-        os.replace(tmp, models_dir / LATEST_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(version + "\n", models_dir / LATEST_FILE)
 
 
 def _check_version(version: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from training.summary import DemoSummary, latency_line, lift_line, print_summary
+from workflows.summary import DemoSummary, latency_line, lift_line, print_summary
 
 METRICS = {
     "popularity": {"ndcg@10": 0.10, "recall@10": 0.05, "hitrate@10": 0.40, "map@10": 0.06, "coverage@10": 0.01},

@@ -3,10 +3,10 @@
 The project extends Feast in four places (all optional: each has a switch back to Feast's own,
 public path, listed in `SWITCH_BACK`):
 
-* `training/feast_offline.py` - offline store with a faster point-in-time join;
-* `training/feast_local_read.py` - DuckDB latest-row reads for local parquet sources;
-* `training/feast_materialize.py` - materialization engine writing Arrow straight to Redis;
-* `training/feast_online.py` - Redis online store with a vectorized write;
+* `feast_ext/offline_store.py` - offline store with a faster point-in-time join;
+* `feast_ext/local_read.py` - DuckDB latest-row reads for local parquet sources;
+* `feast_ext/materialize.py` - materialization engine writing Arrow straight to Redis;
+* `feast_ext/online_store.py` - Redis online store with a vectorized write;
 * `serving/features.py` - the request path's direct reads of the hashes Feast's Redis store writes.
 
 They subclass Feast's stores and call names Feast does not promise to keep (a leading underscore,
@@ -35,20 +35,20 @@ class FeastInternal:
 
 FEAST_INTERNALS: tuple[FeastInternal, ...] = (
     FeastInternal("feast.infra.offline_stores.contrib.spark_offline_store.spark", "_get_entity_schema",
-                  "training/feast_offline.py (entity timestamp column of a Spark entity frame)"),
+                  "feast_ext/offline_store.py (entity timestamp column of a Spark entity frame)"),
     FeastInternal("feast.infra.offline_stores.contrib.spark_offline_store.spark",
-                  "SparkRetrievalJob._should_use_staging_for_arrow", "training/feast_offline.py (to_arrow)"),
+                  "SparkRetrievalJob._should_use_staging_for_arrow", "feast_ext/offline_store.py (to_arrow)"),
     FeastInternal("feast.infra.offline_stores.contrib.spark_offline_store.spark",
-                  "SparkRetrievalJob._to_arrow_via_staging", "training/feast_offline.py (to_arrow)"),
+                  "SparkRetrievalJob._to_arrow_via_staging", "feast_ext/offline_store.py (to_arrow)"),
     FeastInternal("feast.infra.offline_stores.offline_store", "RetrievalJob._to_arrow_internal",
-                  "training/feast_local_read.py (the DuckDB job implements it)"),
+                  "feast_ext/local_read.py (the DuckDB job implements it)"),
     FeastInternal("feast.infra.compute_engines.local.compute", "LocalComputeEngine._materialize_one",
-                  "training/feast_materialize.py (views the Arrow path does not take)"),
-    FeastInternal("feast.infra.online_stores.helpers", "_mmh3", "training/feast_online.py (hash field names)"),
-    FeastInternal("feast.infra.online_stores.helpers", "_redis_key", "training/feast_online.py (first-row check)"),
-    FeastInternal("feast.utils", "_convert_arrow_to_proto", "training/feast_online.py (proto fallback, check)"),
+                  "feast_ext/materialize.py (views the Arrow path does not take)"),
+    FeastInternal("feast.infra.online_stores.helpers", "_mmh3", "feast_ext/online_store.py (hash field names)"),
+    FeastInternal("feast.infra.online_stores.helpers", "_redis_key", "feast_ext/online_store.py (first-row check)"),
+    FeastInternal("feast.utils", "_convert_arrow_to_proto", "feast_ext/online_store.py (proto fallback, check)"),
     FeastInternal("feast.infra.online_stores.redis", "RedisOnlineStore._get_client",
-                  "training/feast_online.py, serving/features.py (Feast's own Redis client)"),
+                  "feast_ext/online_store.py, serving/features.py (Feast's own Redis client)"),
     FeastInternal("feast.infra.online_stores.redis", "RedisOnlineStore._generate_hset_keys_for_features",
                   "serving/features.py (field names of the direct reads)"),
     FeastInternal("feast.infra.online_stores.redis", "RedisOnlineStore._generate_redis_keys_for_entities",
@@ -58,13 +58,18 @@ FEAST_INTERNALS: tuple[FeastInternal, ...] = (
     FeastInternal("feast.infra.online_stores.redis", "_versioned_fv_name", "serving/features.py (view names)"),
     FeastInternal("feast.feature_store", "FeatureStore._get_provider",
                   "serving/features.py (the store's online store instance)"),
+    FeastInternal("feast.infra.online_stores.helpers", "_mmh3", "feast_ext/online_history.py (hash field names)"),
+    FeastInternal("feast.infra.online_stores.helpers", "_redis_key", "feast_ext/online_history.py (entity keys)"),
+    FeastInternal("feast.infra.online_stores.redis", "_versioned_fv_name", "feast_ext/online_history.py (view names)"),
+    FeastInternal("feast.torch_wrapper", "TORCH_AVAILABLE",
+                  "serving/torch_free.py (Feast imports torch if it can; serving makes it look uninstalled)"),
 )
 
 SWITCH_BACK = {
-    "training/feast_offline.py": "feature_store.yaml offline_store.type: spark",
-    "training/feast_local_read.py": "feature_store.yaml offline_store.local_source_reader: spark",
-    "training/feast_materialize.py": "feature_store.yaml batch_engine.type: local",
-    "training/feast_online.py": "feature_store.yaml online_store.type: redis",
+    "feast_ext/offline_store.py": "feature_store.yaml offline_store.type: spark",
+    "feast_ext/local_read.py": "feature_store.yaml offline_store.local_source_reader: spark",
+    "feast_ext/materialize.py": "feature_store.yaml batch_engine.type: local",
+    "feast_ext/online_store.py": "feature_store.yaml online_store.type: redis",
     "serving/features.py": "RECSYS_SERVING_ONLINE_READS=feast (the item cache's change detection still reads\n"
                            "    Feast's per-entity write stamps; RECSYS_SERVING_ITEM_FEATURE_SOURCE=online avoids it)",
 }

@@ -1,10 +1,10 @@
-"""The training CLI's own checks, before any Spark job starts."""
+"""The end-to-end CLI's own checks, before any Spark job starts."""
 
 from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from training.cli import app
+from workflows.cli import app
 
 
 def test_movielens_without_the_data_says_where_to_get_it(tmp_path):

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import faiss
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.retrieval.ann_index import search
-from training.retrieval.baselines import CoVisitationRecommender, TrendingRecommender
-from training.retrieval.two_tower import TwoTowerModel, UserFeatures
+from core.inference.ann_index import search
+from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+from core.inference.two_tower import UserFeatures
 
 SOURCES = ("two_tower", "trending", "covisit")
 # Each source's score and its rank in the source's list (n + 1 when not in it). The ranks are
@@ -36,9 +37,16 @@ class CandidateConfig:
     covisit_seeds: int = 5
 
 
+class UserEncoder(Protocol):
+    """What candidate assembly needs of the two-tower model: training passes the torch model,
+    serving the numpy `UserTower` loaded from the bundle."""
+
+    def user_embeddings(self, users: UserFeatures) -> np.ndarray: ...
+
+
 @dataclass
 class CandidateGenerator:
-    model: TwoTowerModel
+    model: UserEncoder
     item_embeddings: np.ndarray  # (n_items, d), row = item_idx
     index: faiss.Index
     item_available_from: np.ndarray  # epoch seconds an item exists from (created), row = item_idx

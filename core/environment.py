@@ -8,7 +8,7 @@ import time
 
 import redis
 
-from training.settings import get_settings
+from core.settings import get_settings
 
 
 class RedisUnavailableError(RuntimeError):

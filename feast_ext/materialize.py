@@ -11,7 +11,7 @@ views already read to Redis.
 
 Views with transformations, aggregations, filters or validation, and any online store without
 `write_arrow`, take the built-in path unchanged. Select it in feature_store.yaml with
-`batch_engine: {type: training.feast_materialize.ArrowMaterializationEngine}`.
+`batch_engine: {type: feast_ext.materialize.ArrowMaterializationEngine}`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-from training.feast_compat import check_feast
+from feast_ext.compat import check_feast
 
 check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
 
@@ -34,16 +34,16 @@ from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilde
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.registry.base_registry import BaseRegistry
 
-from training.feast_local_read import local_parquet_dir
-from training.online_marker import write_marker
+from core.online_marker import write_marker
+from feast_ext.local_read import local_parquet_dir
 
 logger = logging.getLogger(__name__)
-ENGINE_TYPE = "training.feast_materialize.ArrowMaterializationEngine"
+ENGINE_TYPE = "feast_ext.materialize.ArrowMaterializationEngine"
 _SPARK_QUERIES = 1  # views queried at once; 2 measured slower on 2 cores (they compete for them)
 
 
 class ArrowMaterializationEngineConfig(LocalComputeEngineConfig):
-    type: Literal["training.feast_materialize.ArrowMaterializationEngine"] = ENGINE_TYPE  # type: ignore[assignment]
+    type: Literal["feast_ext.materialize.ArrowMaterializationEngine"] = ENGINE_TYPE  # type: ignore[assignment]
 
 
 class ArrowMaterializationEngine(LocalComputeEngine):
@@ -68,7 +68,7 @@ class ArrowMaterializationEngine(LocalComputeEngine):
         return jobs
 
     def _mark_materialized(self, tasks: list[MaterializationTask], jobs: list[LocalMaterializationJob]) -> None:
-        """The online-store marker (training.online_marker), once every view of the run succeeded."""
+        """The online-store marker (core.online_marker), once every view of the run succeeded."""
         client_of = getattr(self.online_store, "_get_client", None)
         if client_of is None or any(job.status() != MaterializationJobStatus.SUCCEEDED for job in jobs):
             return

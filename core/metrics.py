@@ -3,6 +3,11 @@
 Accuracy metrics are averaged over the users in `relevant` that have at least one relevant item
 (gain > 0); a user missing from `recommended` counts as having an empty list. Duplicate items in a
 recommendation list are dropped (first occurrence kept) so a hit can never be counted twice.
+
+Metrics both offline evaluation and online monitoring report are defined once, here:
+`precision_at_k` is hits / min(k, list length), the choice Evidently makes (monitoring cross-checks
+its own figures against Evidently's): a list shorter than k is not charged for slots it could not
+fill. Offline lists are full (k items) in every protocol, where it equals hits / k.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ def ranking_metrics(
     return result
 
 
+def precision_at_k(hits: float | np.ndarray, list_length: int | np.ndarray, k: int) -> float | np.ndarray:
+    """Hits among a list's first k items / min(k, list length); 0 for an empty list. Scalars or arrays."""
+    precision = np.asarray(hits, dtype=np.float64) / np.maximum(np.minimum(list_length, k), 1)
+    return float(precision) if precision.ndim == 0 else precision
+
+
 def _dedupe(items: Sequence[int]) -> list[int]:
     return list(dict.fromkeys(int(i) for i in items))
 
@@ -61,7 +72,7 @@ def _user_accuracy(top_k: list[int], gains: Mapping[int, float], k: int) -> dict
         "ndcg": _ndcg(top_k, relevant_gains, k),
         "map": sum(precision_at_hits) / min(k, len(relevant_gains)),
         "mrr": 1.0 / hit_ranks[0] if hit_ranks else 0.0,
-        "precision": n_hits / k,
+        "precision": precision_at_k(n_hits, len(top_k), k),
         "recall": n_hits / len(relevant_gains),
         "hitrate": float(n_hits > 0),
     }

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pandas as pd
 
-from serving.demo import TrafficProfile
+from workflows.traffic import TrafficProfile
 
 
 def test_users_and_devices_follow_the_events(tmp_path):

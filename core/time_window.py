@@ -1,5 +1,5 @@
 """The one rule for event and request times: no earlier than `earliest_event_time`, no later than
-`max_future_skew` ahead of the clock of the machine checking it (both in `training.settings`).
+`max_future_skew` ahead of the clock of the machine checking it (both in `core.settings`).
 
 `ingest`, the feature jobs' raw data and `POST /events` check event times with it, and
 `GET /recommendations?time=` its request time: a year-9999 event would overflow the feature
@@ -48,7 +48,7 @@ class TimeWindow:
 
 def time_window() -> TimeWindow:
     """The window of the current settings (`RECSYS_EARLIEST_EVENT_TIME`, `RECSYS_MAX_FUTURE_SKEW`)."""
-    from training.settings import get_settings
+    from core.settings import get_settings
 
     settings = get_settings()
     earliest = settings.earliest_event_time

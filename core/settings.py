@@ -21,11 +21,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "localhost:6379"
 
-# feature_store.yaml reads ${REDIS_URL}; give Feast the documented default when it is unset.
-os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
-# Spark's Python workers (used by Feast's Spark materialization) must run this interpreter, the
-# one with Feast installed, not whatever `python3` is first on PATH.
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def environment_defaults() -> dict[str, str]:
+    """What the process environment needs for Feast and Spark, when unset: feature_store.yaml reads
+    ${REDIS_URL} (the documented default), and Spark's Python workers (Feast's Spark materialization)
+    must run this interpreter, the one with Feast installed, not whatever `python3` is first on PATH."""
+    return {"REDIS_URL": DEFAULT_REDIS_URL, "PYSPARK_PYTHON": sys.executable}
+
+
+def apply_environment_defaults() -> None:
+    """Set `environment_defaults()` where unset. Called where a Feast store, a `feast` command or a
+    Spark session is made, never on import."""
+    for name, value in environment_defaults().items():
+        os.environ.setdefault(name, value)
 
 
 class Settings(BaseSettings):
@@ -51,7 +60,7 @@ class Settings(BaseSettings):
     # Env: an ISO time (RECSYS_EARLIEST_EVENT_TIME=1995-01-01T00:00:00Z), and seconds or an ISO 8601
     # duration (RECSYS_MAX_FUTURE_SKEW=P1D).
     earliest_event_time: datetime = Field(
-        datetime(1990, 1, 1, tzinfo=timezone.utc), description="the time window (training.data.time_window): no "
+        datetime(1990, 1, 1, tzinfo=timezone.utc), description="the time window (core.time_window): no "
         "event or request time before this, in ingest, POST /events and ?time=")
     max_future_skew: timedelta = Field(default=timedelta(days=1), ge=timedelta(0),
                                        description="the time window: no event or request time more than this "
@@ -73,6 +82,40 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def events_dir(self) -> Path:
+        """The raw event log (date-partitioned parquet): ingest, the generator and POST /events write it."""
+        return self.raw_dir / "events"
+
+    @property
+    def serving_log_dir(self) -> Path:
+        """The served log (`core.contracts.SERVED_LOG_RECORD` records) serving writes, monitoring reads."""
+        return self.data_dir / "serving_logs"
+
+    @property
+    def logs_dir(self) -> Path:
+        """The full logs of `python -m workflows demo|movielens`."""
+        return self.data_dir / "logs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Model bundles (`<version>/`) and the `latest` pointer."""
+        return self.artifacts_dir / "models"
+
+    def training_work_dir(self, version: str) -> Path:
+        """A training run's intermediate tables (training sets, the ranker's rows)."""
+        return self.data_dir / "training" / version
+
+    def reference_rows_dir(self, version: str) -> Path:
+        """The ranker's training rows of bundle `version`: the drift reference monitoring compares with."""
+        return self.training_work_dir(version) / "ranker_train_rows"
+
+    def training_report_dir(self, version: str) -> Path:
+        return self.reports_dir / "training" / version
+
+    def monitoring_report_dir(self, name: str) -> Path:
+        return self.reports_dir / "monitoring" / name
 
     def spark_conf(self) -> dict[str, str]:
         """The Spark configuration Feast uses (offline_store.spark_conf in feature_store.yaml)."""

@@ -6,11 +6,12 @@ Small catalogs get an exact IndexFlatIP; larger ones an HNSW graph (approximate)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from core.atomic import atomic_path
 
 
 def _as_float32_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -76,15 +77,9 @@ def recall_vs_exact(
 
 def save_index(index: faiss.Index, path: str | Path) -> Path:
     """Write atomically: readers never see a half-written index file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        faiss.write_index(index, str(tmp_path))
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+    return Path(path)
 
 
 def load_index(path: str | Path) -> faiss.Index:

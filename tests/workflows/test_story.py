@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from training.story import StageFailed, Story
+from workflows.story import StageFailed, Story
 
 
 def test_the_terminal_gets_one_line_per_stage_and_the_log_gets_everything_else(tmp_path, capfd):

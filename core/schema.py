@@ -17,9 +17,7 @@ ignored by all of them.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +31,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from training.data.time_window import OUTSIDE_WINDOW, time_window
+from core.atomic import atomic_path, replace_directory, staging_directory, swap_directories
+from core.time_window import OUTSIDE_WINDOW, time_window
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 EVENT_GAIN: dict[str, int] = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
@@ -404,30 +403,11 @@ def reject_unknown_keys(result: ValidationResult, column: str, known: pa.Array) 
 
 
 def write_table_atomic(table: pa.Table, path: str | Path, durable: bool = False) -> Path:
-    """Write one parquet file via a hidden temp file in the same directory + ``os.replace``.
-    ``durable``: the file and then its directory entry are fsync'd, so a crash right after the
-    return cannot lose it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    """Write one parquet file atomically (`core.atomic.atomic_path`). ``durable``: the file and then
+    its directory entry are fsync'd, so a crash right after the return cannot lose it."""
+    with atomic_path(path, durable=durable) as tmp:
         pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
-        if durable:
-            _fsync(tmp)
-        os.replace(tmp, path)
-        if durable:
-            _fsync(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return Path(path)
 
 
 def event_dates(timestamps: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -458,23 +438,8 @@ def write_events_partitioned(table: pa.Table, events_dir: str | Path, part_name:
     return written
 
 
-def replace_directory(staging: Path, target: Path) -> None:
-    """Swap a fully written ``staging`` directory in for ``target`` and delete the old one.
-
-    Readers see either the old or the new complete directory, never a mix of two runs.
-    """
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
-def staging_directory(target: Path) -> Path:
-    """A fresh hidden sibling of ``target`` to write a replacement into."""
-    staging = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex}")
-    staging.mkdir(parents=True)
-    return staging
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,27 +526,6 @@ def _write_raw(results: dict[str, ValidationResult], target: Path) -> None:
     write_table_atomic(results["items"].valid, target / RAW_SUBDIRS["items"] / "items.parquet")
 
 
-def swap_directories(pairs: list[tuple[Path, Path]]) -> None:
-    """Move each fully written ``staging`` folder onto its ``target``, as one step: the old targets
-    are moved aside first and moved back if any rename fails, then deleted."""
-    moved_aside: list[tuple[Path, Path]] = []
-    placed: list[Path] = []
-    try:
-        for staging, target in pairs:
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-                os.replace(target, old)
-                moved_aside.append((old, target))
-            os.replace(staging, target)
-            placed.append(target)
-    except BaseException:
-        for target in placed:
-            shutil.rmtree(target, ignore_errors=True)
-        for old, target in moved_aside:
-            os.replace(old, target)
-        raise
-    for old, _ in moved_aside:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _validate_file(path: str | Path, kind: str) -> ValidationResult:
