@@ -47,7 +47,7 @@ def main() -> None:
     # RECSYS_SERVING_* variables), and they share their metrics through files in a fresh folder.
     with tempfile.TemporaryDirectory(prefix="recsys-serving-metrics-") as metrics_dir:
         share_metrics_between_workers(metrics_dir)
-        uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
+        uvicorn.run("serving.worker:create_app", factory=True, host=settings.host, port=settings.port,
                     log_level=settings.log_level, workers=settings.workers)
 
 
