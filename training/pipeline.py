@@ -37,6 +37,7 @@ from training.datasets.splits import TimeSplit
 from training.features.pipeline import event_date_range
 from training.features.raw_io import read_events
 from training.ranking import lgbm_ranker
+from training.retrieval.als import ALSConfig, fit_als
 from training.retrieval.mf import BPRConfig, BPRRecommender
 from training.retrieval.two_tower import Interactions, TwoTowerConfig, plot_training_curves, train_two_tower
 
@@ -63,6 +64,8 @@ class TrainConfig:
     ranker: lgbm_ranker.RankerConfig = field(default_factory=lgbm_ranker.RankerConfig)
     bpr: BPRConfig = field(default_factory=lambda: BPRConfig(
         batch_size=8192, epochs=10, lr=0.03, progress=sys.stderr.isatty()))
+    # The ALS candidate source and ranker features; None leaves ALS out.
+    als: ALSConfig | None = field(default_factory=ALSConfig)
     seed: int = 7
 
 
@@ -187,13 +190,16 @@ def build_index(model, items_in, user_rows, n_queries: int = 1000):
     return item_emb, index, ann_index.recall_vs_exact(index, item_emb, queries, 100)
 
 
-def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog):
-    """Trending and co-visitation fitted on events strictly before `before` (epoch s)."""
+def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALSConfig | None = None):
+    """Trending, co-visitation and (with an `als` config) ALS item factors, fitted on events
+    strictly before `before` (epoch s); ALS is None without a config."""
     past = events_np[events_np.ts < before]
     n_items = len(catalog.item_ids)
     trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=before)
     covisit = CoVisitationRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
-    return trending, covisit
+    als_model = (fit_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids), n_items, als)
+                 if als is not None else None)
+    return trending, covisit, als_model
 
 
 def seen_before(events_np: pd.DataFrame, users: np.ndarray, times: np.ndarray) -> list[set[int]]:
@@ -273,7 +279,7 @@ def baseline_lists(events_np, catalog, test_users, test_time, exclude, k, config
 def candidate_recall(generator: CandidateGenerator, users, test_time: int, exclude: list[set[int]],
                      user_ids: np.ndarray, relevant: dict[int, dict[int, float]], ks=(100, 500)) -> dict[str, float]:
     """Share of test positives in each source's top-K and in the union of those, on the test window."""
-    limits = {source: max(ks) for source in ("two_tower", "trending", "covisit")}
+    limits = {source: max(ks) for source in generator.sources}
     lists = generator.source_lists(users, np.full(len(users), test_time), exclude, limits)
     total = sum(len(relevant.get(int(u), {})) for u in user_ids)
     out = {}
@@ -310,6 +316,7 @@ class TrainedTwoStage:
     ranker: lgbm_ranker.RankerResult
     spec: object  # FeatureSpec
     candidates: CandidateConfig
+    als: ALSConfig | None = None
 
 
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
@@ -353,9 +360,9 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         return with_ranking_features(store, spark, rows, out)
 
     def make_generator(before: int) -> CandidateGenerator:
-        trending, covisit = fit_sources(events_np, before, catalog)
+        trending, covisit, als = fit_sources(events_np, before, catalog, config.als)
         return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
-                                  config.candidates)
+                                  config.candidates, als)
 
     user_probe = user_features(pd.read_parquet(work / "retrieval_val_users"), catalog.user_ids,
                                catalog.item_ids, user_spec)
@@ -406,7 +413,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates)
+                           config.candidates, config.als)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
@@ -416,9 +423,9 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     time, candidates from sources fitted on all of the run's events, and each user's `exclude`
     item ids left out. Keyed by user_id (one request per user)."""
     catalog, events_np = trained.catalog, trained.events_np
-    trending, covisit = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog)
+    trending, covisit, als = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als)
     generator = CandidateGenerator(trained.two_tower, trained.item_embeddings, trained.index,
-                                   catalog.available_from, trending, covisit, trained.candidates)
+                                   catalog.available_from, trending, covisit, trained.candidates, als)
     frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
     with_users = with_user_features(store, spark, spark.createDataFrame(frame), trained.work / f"{name}_users")
     excluded = [{int(i) for i in catalog.item_ids.to_idx(sorted(exclude.get(int(u), ()))) if i >= 0}
@@ -470,13 +477,16 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "data_fingerprint": data_fingerprint(settings),
         "metrics": {name: {k: v for k, v in m.items() if k.endswith("@10")} for name, m in results.items()},
         "candidates": asdict(generator.config),
+        "als": ({"regularization": generator.als.regularization, "alpha": generator.als.alpha,
+                 "factors": generator.als.factors} if generator.als is not None else None),
     }
     bundle = Bundle.from_two_tower_state(
         two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
         index=index, item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec,
         item_ids=catalog.item_ids.ids, user_ids=catalog.user_ids.ids, categories=catalog.categories,
         item_available_from=catalog.available_from, covisitation=covisit.matrix.tocsr(),
-        trending_scores=trending.item_scores, manifest=manifest,
+        trending_scores=trending.item_scores,
+        als_item_factors=generator.als.item_factors if generator.als is not None else None, manifest=manifest,
     ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle
