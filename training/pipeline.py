@@ -66,6 +66,13 @@ class TrainConfig:
         batch_size=8192, epochs=10, lr=0.03, progress=sys.stderr.isatty()))
     # The ALS candidate source and ranker features; None leaves ALS out.
     als: ALSConfig | None = field(default_factory=ALSConfig)
+    # Ranker training / validation requests get candidates from sources (trending, co-visitation,
+    # ALS) refitted every `source_refit_days` on the events before each chunk of requests, so their
+    # features are about as fresh as at test and serving time; None fits once, at the window's start.
+    source_refit_days: int | None = 7
+    # After validation has chosen the ranker's rounds, refit it on the training and validation
+    # requests together with that many rounds; the bundle ships the refitted ranker.
+    refit_ranker: bool = True
     seed: int = 7
 
 
@@ -200,6 +207,16 @@ def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALS
     als_model = (fit_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids), n_items, als)
                  if als is not None else None)
     return trending, covisit, als_model
+
+
+def refit_chunks(times: np.ndarray, start: int, days: int | None) -> list[tuple[int, np.ndarray]]:
+    """Requests (epoch s, all >= `start`) grouped by `days`-long chunks from `start`: [(fit time =
+    the chunk's start, positions of its requests)], chunks in time order. `days` None: one chunk."""
+    times = np.asarray(times, dtype=np.int64)
+    if len(times) and times.min() < start:
+        raise ValueError("a request lies before the window's start: its sources would see its future")
+    chunk = np.zeros(len(times), dtype=np.int64) if days is None else (times - start) // (days * 86_400)
+    return [(start + int(c) * (days or 0) * 86_400, np.flatnonzero(chunk == c)) for c in np.unique(chunk)]
 
 
 def seen_before(events_np: pd.DataFrame, users: np.ndarray, times: np.ndarray) -> list[set[int]]:
@@ -354,7 +371,12 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         requests = with_user_features(store, spark, labels, work / f"{name}_users")
         times = epoch_seconds(requests["event_timestamp"])
         exclude = seen_before(events_np, catalog.user_ids.to_idx(requests["user_id"]), times)
-        rows = candidate_rows(generator, requests, labels_pd, catalog, user_spec, exclude)
+        parts = []
+        for fit_time, positions in refit_chunks(times, to_epoch(start), config.source_refit_days):
+            chunk = requests.iloc[positions].reset_index(drop=True)
+            parts.append(candidate_rows(make_generator(fit_time), chunk, labels_pd, catalog, user_spec,
+                                        [exclude[i] for i in positions]))
+        rows = pd.concat(parts, ignore_index=True)
         # The training rows are also the bundle's drift reference (monitoring reads them there).
         out = settings.reference_rows_dir(version) if name == "ranker_train" else work / f"{name}_rows"
         return with_ranking_features(store, spark, rows, out)
@@ -367,7 +389,6 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     user_probe = user_features(pd.read_parquet(work / "retrieval_val_users"), catalog.user_ids,
                                catalog.item_ids, user_spec)
     item_emb, index, ann_recall = timer.run("faiss index", build_index, model, items_in, user_probe)
-    generator = make_generator(to_epoch(split.ranker_start))
     ranker_train = timer.run("ranker training set (Feast ranking service)", ranker_set, "ranker_train",
                              split.ranker_start, split.val_start, config.max_ranker_requests)
     ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start,
@@ -377,6 +398,10 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     ranker = timer.run("lightgbm lambdarank", lgbm_ranker.train_ranker, train_rows, val_rows, spec, config.ranker)
     console.print(f"  ranker: {len(train_rows):,} rows, best iteration {ranker.best_iteration}, "
                   f"val ndcg@10 {ranker.best_score:.4f}")
+    validated = ranker
+    if config.refit_ranker:
+        ranker = timer.run("ranker refit on training + validation requests", lgbm_ranker.refit_ranker,
+                           pd.concat([train_rows, val_rows], ignore_index=True), validated)
 
     # Test: one request per user at the start of the test period, sources refitted up to then.
     test_time = to_epoch(split.test_start)
@@ -395,12 +420,16 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         store, spark, candidate_rows(generator, test_requests, test_labels_pd, catalog, user_spec, exclude),
         work / "test_rows"))
     test_rows["ranker_score"] = ranker_score(ranker.booster, test_rows, spec)
+    if ranker is not validated:
+        test_rows["validated_ranker_score"] = ranker_score(validated.booster, test_rows, spec)
     relevant = {u: r for u, r in relevant_items(test_labels_pd, catalog).items() if u in set(test_users.tolist())}
 
     k_max = max(KS)
     lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
     lists["two_tower"] = ranked_lists(test_rows[test_rows.from_two_tower == 1], "retrieval_score", k_max)
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
+    if ranker is not validated:  # the ranker as validated, before its refit: both are reported
+        lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
     popularity = np.bincount(events_np.item_idx[events_np.ts < test_time], minlength=len(catalog.item_ids))
     results = {name: ranking_metrics(recs, relevant, KS, popularity, len(catalog.item_ids))
                for name, recs in lists.items()}
@@ -452,7 +481,7 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "Ranker feature importance (gain)": lgbm_ranker.plot_feature_importance(
             ranker.feature_importance, report_dir / "feature_importance.png"),
     }
-    baselines = {k: v for k, v in results.items() if k != "two_stage"}
+    baselines = {k: v for k, v in results.items() if not k.startswith("two_stage")}
     best_name = max(baselines, key=lambda k: baselines[k]["ndcg@10"])
     best, ours = baselines[best_name]["ndcg@10"], results["two_stage"]["ndcg@10"]
     lift = (ours / best - 1) if best > 0 else float("inf")
