@@ -464,8 +464,28 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     rows = candidate_rows(generator, with_users, no_labels, catalog, trained.user_spec, excluded)
     rows = with_ranking_features(store, spark, rows, trained.work / f"{name}_rows")
     rows["ranker_score"] = ranker_score(trained.ranker.booster, rows, trained.spec)
-    lists = ranked_lists(rows, "ranker_score", k)
-    return {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist() for user, items in lists.items()}
+    to_ids = lambda lists: {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist()  # noqa: E731
+                            for user, items in lists.items()}
+    out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k)))
+    for source, (flag, rank) in SOURCE_COLUMNS.items():
+        if flag in rows.columns:  # each source alone: its own candidates in its own order
+            proposed = rows[rows[flag] == 1].assign(_order=lambda r: -r[rank].astype(float))
+            out.components[f"source: {source}"] = to_ids(ranked_lists(proposed, "_order", k))
+    return out
+
+
+# Each candidate source's flag and rank columns (the source's own order).
+SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending": ("from_trending", "trending_rank"),
+                  "covisit": ("from_covisit", "covisit_rank"), "als": ("from_als", "als_rank")}
+
+
+class RankedLists(dict):
+    """Top-k item ids per user (the two-stage list), with `components`: other lists of the same
+    requests by name (each candidate source alone)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.components: dict[str, dict[int, list[int]]] = {}
 
 
 def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, ranker,
