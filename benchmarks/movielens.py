@@ -155,22 +155,45 @@ def run_benchmark(
 
 
 PLATFORM_MODEL = "two_stage (platform)"
-NOT_PEERS = ("random", PLATFORM_MODEL)
+BEFORE_MODEL = "two_stage (before #15)"
+NOT_PEERS = ("random", PLATFORM_MODEL, BEFORE_MODEL)
 
 
 def platform_model(data_dir: Path, work_dir: Path, seed: int = 7) -> ExtraModel:
     """The platform's two-stage recommender, run on each protocol's train part under `work_dir`
     (its lists carry each candidate source's own list as `components`)."""
+    return platform_models(data_dir, work_dir, seed, before=False)[PLATFORM_MODEL]
 
-    def rank(protocol: Protocol) -> Mapping[int, Sequence[int]]:
-        from training.evaluation.two_stage_benchmark import two_stage_lists
-        from training.spark import get_spark
 
-        root = work_dir / protocol.name
-        shutil.rmtree(root, ignore_errors=True)
-        return two_stage_lists(protocol, data_dir, root, get_spark("movielens-benchmark"), seed=seed)
+def platform_models(data_dir: Path, work_dir: Path, seed: int = 7, before: bool = True) -> dict[str, ExtraModel]:
+    """The platform (`PLATFORM_MODEL`) and, with `before`, the platform as trained before issue
+    #15 (`BEFORE_MODEL`, see `before_issue_15`), both trained on one feature pipeline per protocol."""
+    cache: dict[str, dict[str, Any]] = {}
 
-    return rank
+    def lists_of(variant: str) -> ExtraModel:
+        def rank(protocol: Protocol) -> Mapping[int, Sequence[int]]:
+            from training.evaluation.two_stage_benchmark import (
+                REQUEST_MODES,
+                before_issue_15,
+                movielens_train_config,
+                two_stage_variants,
+            )
+            from training.spark import get_spark
+
+            if protocol.name not in cache:
+                root = work_dir / protocol.name
+                shutil.rmtree(root, ignore_errors=True)
+                mode = REQUEST_MODES.get(protocol.name, "daily")
+                configs = {PLATFORM_MODEL: movielens_train_config(mode, seed)}
+                if before:
+                    configs[BEFORE_MODEL] = before_issue_15(movielens_train_config(mode, seed))
+                cache[protocol.name] = two_stage_variants(protocol, data_dir, root, get_spark("movielens-benchmark"),
+                                                          configs, seed=seed)
+            return cache[protocol.name][variant]
+
+        return rank
+
+    return {PLATFORM_MODEL: lists_of(PLATFORM_MODEL), **({BEFORE_MODEL: lists_of(BEFORE_MODEL)} if before else {})}
 
 
 def lift_over_best_peer(models: Mapping[str, Any], model: str, k: int) -> dict[str, Any] | None:
@@ -196,7 +219,8 @@ def paired_lifts(protocol: Protocol, models: Mapping[str, Any], lists: Mapping[s
     ours = user_ndcg(protocol, lists[model], k)
     out = {}
     groups = {"best_peer": [m for m in models if m not in NOT_PEERS and "component_of" not in models[m]],
-              "best_own_source": [m for m in models if models[m].get("component_of") == model]}
+              "best_own_source": [m for m in models if models[m].get("component_of") == model],
+              "before_issue_15": [m for m in models if m == BEFORE_MODEL]}
     for label, names in groups.items():
         if not names:
             continue
@@ -283,6 +307,8 @@ def main(
                                              "{user_id: [item_id, ...]}; repeatable"),
     platform_run: bool = typer.Option(True, "--platform/--no-platform",
                                       help="also run the platform's two-stage recommender (minutes per protocol)"),
+    compare_before: bool = typer.Option(True, "--before/--no-before",
+                                        help="also train the platform as it was before issue #15 (same features)"),
     work_dir: Path = typer.Option(REPO_ROOT / "data" / "benchmarks" / "movielens",
                                   help="where the platform runs keep their data, bundles and reports"),
 ) -> None:
@@ -295,7 +321,7 @@ def main(
                         grids=dict(QUICK_GRIDS if quick else DEFAULT_GRIDS))
     extra_models = load_extra_models(extra)
     if platform_run:
-        extra_models[PLATFORM_MODEL] = platform_model(data_dir, work_dir, seed)
+        extra_models.update(platform_models(data_dir, work_dir, seed, before=compare_before))
     results = run_benchmark(data_dir, extra_models=extra_models, config=config, protocols=protocol)
     print_tables(results)
     written = write_json_atomic(results, out)

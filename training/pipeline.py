@@ -372,7 +372,9 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         times = epoch_seconds(requests["event_timestamp"])
         exclude = seen_before(events_np, catalog.user_ids.to_idx(requests["user_id"]), times)
         parts = []
-        for fit_time, positions in refit_chunks(times, to_epoch(start), config.source_refit_days):
+        # Without refits every set's sources are fitted once, at the ranker window's start.
+        fit_from = start if config.source_refit_days else split.ranker_start
+        for fit_time, positions in refit_chunks(times, to_epoch(fit_from), config.source_refit_days):
             chunk = requests.iloc[positions].reset_index(drop=True)
             parts.append(candidate_rows(make_generator(fit_time), chunk, labels_pd, catalog, user_spec,
                                         [exclude[i] for i in positions]))

@@ -59,10 +59,26 @@ def movielens_train_config(request_mode: str = "session", seed: int = 7) -> Trai
     return config
 
 
+def before_issue_15(config: TrainConfig) -> TrainConfig:
+    """`config` as the platform trained before issue #15: no ALS source, candidate sources fitted
+    once at the start of the ranker's window, the ranker as validated (no refit)."""
+    config.als = None
+    config.source_refit_days = None
+    config.refit_ranker = False
+    return config
+
+
 def two_stage_lists(protocol: Protocol, movielens_dir: Path, root: Path, spark: SparkSession,
                     config: TrainConfig | None = None, k: int = 10, seed: int = 7) -> dict[int, list[int]]:
     """Top-k item ids per evaluated user of `protocol`, from a platform run on its train part (a
     `RankedLists`: each candidate source's own list is in its `components`)."""
+    return two_stage_variants(protocol, movielens_dir, root, spark, {"": config}, k, seed)[""]
+
+
+def two_stage_variants(protocol: Protocol, movielens_dir: Path, root: Path, spark: SparkSession,
+                       configs: dict[str, TrainConfig | None], k: int = 10, seed: int = 7) -> dict[str, dict]:
+    """`two_stage_lists` for several training configurations sharing one feature pipeline and
+    Feast project (None: `movielens_train_config` for the protocol)."""
     settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports",
                         recent_history_granularity="event")
     train_pairs = set(zip(protocol.train["user_id"].tolist(), protocol.train["item_id"].tolist()))
@@ -73,9 +89,13 @@ def two_stage_lists(protocol: Protocol, movielens_dir: Path, root: Path, spark: 
     repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
     feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(settings.data_dir)})
     store = feast_repo.feature_store(repo)
-    trained = train_two_stage(spark, store, settings,
-                              config or movielens_train_config(REQUEST_MODES.get(protocol.name, "daily"), seed))
-    return rank_requests(trained, store, spark, requests_frame(protocol), protocol.exclude, k, protocol.name)
+    out = {}
+    for name, config in configs.items():
+        config = config or movielens_train_config(REQUEST_MODES.get(protocol.name, "daily"), seed)
+        trained = train_two_stage(spark, store, settings, config)
+        out[name] = rank_requests(trained, store, spark, requests_frame(protocol), protocol.exclude, k,
+                                  f"{protocol.name}{name}")
+    return out
 
 
 def requests_frame(protocol: Protocol) -> pd.DataFrame:
