@@ -82,3 +82,19 @@ def test_generator_adds_als_source_and_features(n_als):
     assert (by_item.loc[by_item.from_als == 0, "als_rank"] == n_als + 1).all()
     user = generator.als.user_factors(np.array([[4]]))
     np.testing.assert_allclose(by_item["als_score"], generator.als.scores(user)[0][by_item.index], rtol=1e-6)
+
+
+def test_bundle_als_solver_reads_its_parameters_from_the_manifest():
+    from core.bundle import Bundle, BundleError
+
+    fields = dict.fromkeys(["two_tower_config", "user_tower_weights", "user_spec", "index", "item_embeddings",
+                            "ranker", "ranker_spec", "item_ids", "user_ids", "categories", "item_available_from",
+                            "covisitation", "trending_scores"])
+    factors = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert Bundle(**fields).als_solver() is None
+    solver = Bundle(**fields, manifest={"als": {"regularization": 2.0, "alpha": 4.0}},
+                    als_item_factors=factors).als_solver()
+    assert (solver.regularization, solver.alpha) == (2.0, 4.0)
+    np.testing.assert_array_equal(solver.item_factors, factors)
+    with pytest.raises(BundleError, match="regularization and alpha"):
+        Bundle(**fields, als_item_factors=factors).als_solver()
