@@ -37,7 +37,7 @@ from training.datasets.splits import TimeSplit
 from training.features.pipeline import event_date_range
 from training.features.raw_io import read_events
 from training.ranking import lgbm_ranker
-from training.retrieval.als import ALSConfig, fit_als
+from training.retrieval.als import ALSConfig, fit_als, select_als
 from training.retrieval.mf import BPRConfig, BPRRecommender
 from training.retrieval.two_tower import Interactions, TwoTowerConfig, plot_training_curves, train_two_tower
 
@@ -66,6 +66,9 @@ class TrainConfig:
         batch_size=8192, epochs=10, lr=0.03, progress=sys.stderr.isatty()))
     # The ALS candidate source and ranker features; None leaves ALS out.
     als: ALSConfig | None = field(default_factory=ALSConfig)
+    # With a grid ({field: [values]}), ALS's hyper-parameters are chosen on the ranker's validation
+    # requests (ALS alone, NDCG@10, fitted on the events before the validation window).
+    als_grid: dict[str, list] | None = None
     # Ranker training / validation requests get candidates from sources (trending, co-visitation,
     # ALS) refitted every `source_refit_days` on the events before each chunk of requests, so their
     # features are about as fresh as at test and serving time; None fits once, at the window's start.
@@ -207,6 +210,22 @@ def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALS
     als_model = (fit_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids), n_items, als)
                  if als is not None else None)
     return trending, covisit, als_model
+
+
+def choose_als(events_np: pd.DataFrame, catalog: Catalog, before: int, user_spec: UserInputSpec, request_data,
+               base: ALSConfig, grid: dict[str, list]) -> tuple[ALSConfig, list[dict]]:
+    """`select_als` on validation requests (`request_set`'s output), fitted on events before `before`."""
+    requests, labels_pd, _, exclude = request_data
+    past = events_np[events_np.ts < before]
+    users = user_features(requests, catalog.user_ids, catalog.item_ids, user_spec)
+    positions = {rid: i for i, rid in enumerate(requests["request_id"])}
+    labels = labels_pd.assign(item_idx=catalog.item_ids.to_idx(labels_pd["item_id"]),
+                              position=labels_pd["request_id"].map(positions))
+    labels = labels[(labels.item_idx >= 0) & labels.position.notna()]
+    relevant = {int(p): dict(zip(g.item_idx.astype(int), g.label.astype(float))) for p, g in labels.groupby("position")}
+    return select_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids),
+                      len(catalog.item_ids), users.history, relevant, exclude, catalog.available_from < before,
+                      base, grid)
 
 
 def refit_chunks(times: np.ndarray, start: int, days: int | None) -> list[tuple[int, np.ndarray]]:
@@ -364,13 +383,17 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     model = two_tower.model
 
     # Ranker training / validation requests and their candidates.
-    def ranker_set(name: str, start: date, end: date, limit: int) -> pd.DataFrame:
+    def request_set(name: str, start: date, end: date, limit: int):
         labels = req.sample_requests(labelled_requests(events, start, end, config), limit, config.seed)
         write_parquet(labels, work / f"{name}_labels")
         labels_pd = pd.read_parquet(work / f"{name}_labels")
         requests = with_user_features(store, spark, labels, work / f"{name}_users")
         times = epoch_seconds(requests["event_timestamp"])
         exclude = seen_before(events_np, catalog.user_ids.to_idx(requests["user_id"]), times)
+        return requests, labels_pd, times, exclude
+
+    def ranker_set(name: str, start: date, request_data) -> pd.DataFrame:
+        requests, labels_pd, times, exclude = request_data
         parts = []
         # Without refits every set's sources are fitted once, at the ranker window's start.
         fit_from = start if config.source_refit_days else split.ranker_start
@@ -383,18 +406,28 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         out = settings.reference_rows_dir(version) if name == "ranker_train" else work / f"{name}_rows"
         return with_ranking_features(store, spark, rows, out)
 
+    als_config, als_selection = config.als, None
+
     def make_generator(before: int) -> CandidateGenerator:
-        trending, covisit, als = fit_sources(events_np, before, catalog, config.als)
+        trending, covisit, als = fit_sources(events_np, before, catalog, als_config)
         return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
                                   config.candidates, als)
 
     user_probe = user_features(pd.read_parquet(work / "retrieval_val_users"), catalog.user_ids,
                                catalog.item_ids, user_spec)
     item_emb, index, ann_recall = timer.run("faiss index", build_index, model, items_in, user_probe)
+    val_requests = timer.run("ranker validation requests", request_set, "ranker_val", split.val_start,
+                             split.test_start, config.max_val_requests)
+    if als_config is not None and config.als_grid:
+        als_config, als_selection = timer.run("ALS selection on the validation requests", choose_als, events_np,
+                                              catalog, to_epoch(split.val_start), user_spec, val_requests,
+                                              als_config, config.als_grid)
+        console.print(f"  ALS: chose {als_config}")
+    train_requests = timer.run("ranker training requests", request_set, "ranker_train", split.ranker_start,
+                               split.val_start, config.max_ranker_requests)
     ranker_train = timer.run("ranker training set (Feast ranking service)", ranker_set, "ranker_train",
-                             split.ranker_start, split.val_start, config.max_ranker_requests)
-    ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start,
-                           split.test_start, config.max_val_requests)
+                             split.ranker_start, train_requests)
+    ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start, val_requests)
     train_rows, val_rows = keep_informative(ranker_train), keep_informative(ranker_val)
     spec = fit_feature_spec(train_rows, exclude=(*DEFAULT_EXCLUDE, "item_idx"))  # ids are not features
     ranker = timer.run("lightgbm lambdarank", lgbm_ranker.train_ranker, train_rows, val_rows, spec, config.ranker)
@@ -440,11 +473,12 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         exclude, test_users, relevant)
     stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
-             "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration}
+             "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration,
+             "als": als_config.to_dict() if als_config is not None else None, "als_selection": als_selection}
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates, config.als)
+                           config.candidates, als_config)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,

@@ -98,3 +98,20 @@ def test_bundle_als_solver_reads_its_parameters_from_the_manifest():
     np.testing.assert_array_equal(solver.item_factors, factors)
     with pytest.raises(BundleError, match="regularization and alpha"):
         Bundle(**fields, als_item_factors=factors).als_solver()
+
+
+def test_select_als_keeps_the_grid_point_with_the_best_validation_ndcg():
+    from training.retrieval.als import select_als
+
+    users = np.repeat(np.arange(20), 5)
+    items = np.concatenate([np.tile(np.arange(5), 10), np.tile(np.arange(5, 10), 10)])
+    history = np.array([[0, 1, 11], [5, 6, 11]])  # 11 = padding (10 items + an unseen one)
+    relevant = {0: {2: 1.0}, 1: {7: 1.0}}
+    allowed = np.ones(11, dtype=bool)
+    allowed[3] = False  # not yet created
+    chosen, trace = select_als(users, items, 20, 11, history, relevant, [{4}, set()], allowed,
+                               ALSConfig(iterations=5), {"factors": [2, 4], "regularization": [0.1, 1e4]})
+    assert [t["params"] for t in trace] == [{"factors": f, "regularization": r} for f in (2, 4) for r in (0.1, 1e4)]
+    best = max(trace, key=lambda t: t["ndcg@10"])
+    assert (chosen.factors, chosen.regularization) == (best["params"]["factors"], best["params"]["regularization"])
+    assert best["ndcg@10"] > 0.5 and chosen.iterations == 5

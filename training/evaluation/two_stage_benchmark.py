@@ -53,6 +53,9 @@ def movielens_train_config(request_mode: str = "session", seed: int = 7) -> Trai
     config.two_tower.seed = config.ranker.seed = seed
     if config.als is not None:
         config.als.seed = seed
+    # ALS chosen on the validation requests (peers' ALS on MovieLens wants few factors, strong
+    # regularization).
+    config.als_grid = {"factors": [16, 32, 64], "regularization": [1.0, 10.0, 50.0]}
     # MovieLens relevance follows popularity closely; log-Q correction (which removes popularity
     # from the in-batch softmax) costs the two-tower more than it gives here.
     config.two_tower.logq_correction = False

@@ -7,13 +7,16 @@ user's factors are solved from their recent history (`core.inference.als.ALSUser
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from core.inference.als import ALSUserSolver
+from core.metrics import ranking_metrics
 
 
 @dataclass
@@ -50,3 +53,32 @@ def fit_als(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, n_items: i
     factors = np.asarray(model.item_factors, dtype=np.float32).copy()
     factors[~seen] = 0.0
     return ALSUserSolver(factors, config.regularization, config.alpha)
+
+
+def select_als(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, n_items: int, history: np.ndarray,
+               relevant: Mapping[int, Mapping[int, float]], blocked: Sequence[set[int]], allowed: np.ndarray,
+               base: ALSConfig, grid: Mapping[str, Sequence], k: int = 10) -> tuple[ALSConfig, list[dict]]:
+    """The grid point of ALS (`base` with each combination of `grid` values) whose lists score the
+    best NDCG@k on validation requests: row i of `history` (item indices, padding >= n_items) is
+    request i, `relevant[i]` its labels, `blocked[i]` items it must not be shown; only `allowed`
+    items (a mask) are recommended. Fit on the events given (those before the validation window).
+    Returns the chosen config and the trace [{params, ndcg@k}]."""
+    names = list(grid)
+    trace, best, best_score = [], base, -np.inf
+    for values in itertools.product(*(grid[name] for name in names)):
+        config = replace(base, **dict(zip(names, values)))
+        solver = fit_als(user_idx, item_idx, n_users, n_items, config)
+        scores = solver.scores(solver.user_factors(history)).astype(np.float64)
+        scores[:, ~np.asarray(allowed, dtype=bool)] = -np.inf
+        lists = {}
+        for row, items in enumerate(history):
+            own = [*blocked[row], *items[(items >= 0) & (items < n_items)].tolist()]
+            scores[row, own] = -np.inf
+            top = np.argpartition(-scores[row], min(k, n_items - 1))[:k]
+            top = top[np.argsort(-scores[row, top], kind="stable")]
+            lists[row] = top[np.isfinite(scores[row, top])].tolist()
+        score = ranking_metrics(lists, relevant, [k])[f"ndcg@{k}"]
+        trace.append({"params": dict(zip(names, values)), f"ndcg@{k}": round(score, 5)})
+        if score > best_score:
+            best, best_score = config, score
+    return best, trace
