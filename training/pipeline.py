@@ -187,7 +187,8 @@ def train_retrieval(store, spark, events: DataFrame, split: TimeSplit, catalog: 
     throughput = len(train_pairs) * epochs / seconds
     console.print(f"  two-tower: best epoch {result.best_epoch}, val recall@{config.two_tower.eval_k} "
                   f"{result.best_val_recall:.4f}, {throughput:,.0f} examples/s")
-    return result, spec, items_in, {"two_tower_examples_per_s": round(throughput), "two_tower_epochs": epochs,
+    return result, spec, items_in, {"val_users_path": str(work / "retrieval_val_users"),
+                                    "two_tower_examples_per_s": round(throughput), "two_tower_epochs": epochs,
                                     "two_tower_best_val_recall": result.best_val_recall,
                                     "two_tower_train_pairs": len(train_pairs)}
 
@@ -353,6 +354,7 @@ class TrainedTwoStage:
     spec: object  # FeatureSpec
     candidates: CandidateConfig
     als: ALSConfig | None = None
+    retrieval: tuple | None = None  # `train_retrieval`'s result, reusable by another run on the same data
 
 
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
@@ -362,8 +364,10 @@ def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
 
 
 def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings,
-                    config: TrainConfig | None = None) -> TrainedTwoStage:
-    """`run_training`, returning the trained components along with the bundle path."""
+                    config: TrainConfig | None = None, retrieval: tuple | None = None) -> TrainedTwoStage:
+    """`run_training`, returning the trained components along with the bundle path. `retrieval`
+    (a previous run's `TrainedTwoStage.retrieval`, same data and two-tower settings) skips the
+    two-tower's training."""
     from core.bundle import new_version
 
     config = config or TrainConfig()
@@ -377,9 +381,10 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     catalog = load_catalog(spark, settings)
     events_np = timer.run("events", events_frame, events, work / "events", catalog)
 
-    two_tower, user_spec, items_in, retrieval_stats = timer.run(
-        "retrieval: Feast training set + two-tower", train_retrieval, store, spark, events, split, catalog,
-        config, work, settings)
+    if retrieval is None:
+        retrieval = timer.run("retrieval: Feast training set + two-tower", train_retrieval, store, spark, events,
+                              split, catalog, config, work, settings)
+    two_tower, user_spec, items_in, retrieval_stats = retrieval
     model = two_tower.model
 
     # Ranker training / validation requests and their candidates.
@@ -413,7 +418,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
                                   config.candidates, als)
 
-    user_probe = user_features(pd.read_parquet(work / "retrieval_val_users"), catalog.user_ids,
+    user_probe = user_features(pd.read_parquet(retrieval_stats["val_users_path"]), catalog.user_ids,
                                catalog.item_ids, user_spec)
     item_emb, index, ann_recall = timer.run("faiss index", build_index, model, items_in, user_probe)
     val_requests = timer.run("ranker validation requests", request_set, "ranker_val", split.val_start,
@@ -478,7 +483,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates, als_config)
+                           config.candidates, als_config, retrieval)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,

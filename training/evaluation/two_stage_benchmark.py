@@ -92,10 +92,11 @@ def two_stage_variants(protocol: Protocol, movielens_dir: Path, root: Path, spar
     repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
     feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(settings.data_dir)})
     store = feast_repo.feature_store(repo)
-    out = {}
-    for name, config in configs.items():
+    out, retrieval = {}, None
+    for name, config in configs.items():  # the two-tower is trained once (the variants share its settings)
         config = config or movielens_train_config(REQUEST_MODES.get(protocol.name, "daily"), seed)
-        trained = train_two_stage(spark, store, settings, config)
+        trained = train_two_stage(spark, store, settings, config, retrieval)
+        retrieval = trained.retrieval
         out[name] = rank_requests(trained, store, spark, requests_frame(protocol), protocol.exclude, k,
                                   f"{protocol.name}{name}")
     return out
