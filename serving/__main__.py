@@ -31,7 +31,6 @@ def main() -> None:
 
     import uvicorn
 
-    from serving.app import create_app
     from serving.metrics import share_metrics_between_workers
     from serving.redact import redact_handlers
 
@@ -39,8 +38,11 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact_handlers("")  # libraries' records too (Feast, redis)
     if settings.workers == 1:
+        from serving.app import create_app
+
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
         return
+    # The supervisor only starts and watches the workers: it does not import the app (~300 MB).
     # Several processes: each worker builds the app from the same environment (settings come from
     # RECSYS_SERVING_* variables), and they share their metrics through files in a fresh folder.
     with tempfile.TemporaryDirectory(prefix="recsys-serving-metrics-") as metrics_dir:

@@ -87,3 +87,13 @@ def test_the_import_graph_has_no_cycles():
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_the_layer_map_names_every_package(package):
     assert (REPO_ROOT / package / "__init__.py").is_file()
+
+
+def test_feast_apply_at_the_root_imports_only_the_definitions():
+    """`feast apply -c <repo root>` imports every .py file not in .feastignore: a package missing
+    there runs at apply time (a `__main__` would even parse feast's own arguments)."""
+    ignored = {line.strip().rstrip("/") for line in (REPO_ROOT / ".feastignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    folders_with_python = {path.relative_to(REPO_ROOT).parts[0] for path in REPO_ROOT.glob("*/**/*.py")
+                           if not path.relative_to(REPO_ROOT).parts[0].startswith(".")}
+    assert folders_with_python - ignored == {"feature_repo"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.bundle import BundleError, new_version, write_bundle
+from core.bundle import USER_TOWER, BundleError, new_version, write_bundle
 from serving.app import create_app
 from serving.bundle_check import check_bundle
 
@@ -37,14 +37,9 @@ def publish(models_dir: Path, source: Path, corrupt: dict | None = None) -> Path
     return write_bundle(models_dir, new_version(), writers, kept)
 
 
-def weights_file(bundle: Path) -> str:
-    names = json.loads((bundle / "manifest.json").read_text())["files"]
-    return next(n for n in names if n.startswith("two_tower") and not n.endswith(".json"))
-
-
 CORRUPTIONS = {
     "truncated LightGBM text": lambda bundle: {"ranker.txt": truncate},
-    "truncated torch state_dict": lambda bundle: {weights_file(bundle): truncate},
+    "truncated user tower weights": lambda bundle: {USER_TOWER: truncate},  # what serving loads (numpy)
     "truncated FAISS index": lambda bundle: {"faiss.index": truncate},
     "bad JSON metadata": lambda bundle: {"ranker_spec.json": lambda _, path: path.write_text('{"columns": [')},
 }
