@@ -40,6 +40,7 @@ from rich.table import Table
 from core import atomic
 from core.settings import REPO_ROOT
 from training.data.movielens import movielens_dir, read_interactions, read_items
+from training.evaluation.paired import paired_lift
 from training.evaluation.peers import DEFAULT_GRIDS, Grid, PeerConfig, run_peers
 from training.evaluation.protocols import (
     DEFAULT_MIN_INTERACTIONS,
@@ -48,6 +49,7 @@ from training.evaluation.protocols import (
     evaluate_lists,
     global_temporal_split,
     per_user_temporal_split,
+    user_ndcg,
 )
 
 __all__ = ["evaluate_lists", "run_benchmark", "build_protocols", "print_tables", "write_json_atomic"]
@@ -115,7 +117,8 @@ def run_benchmark(
         validation = protocol.validation()
         validation_seconds = time.perf_counter() - validation_started
         models: dict[str, Any] = {}
-        for model, (result, seconds) in run_peers(protocol, config, validation).items():
+        peer_results = run_peers(protocol, config, validation)
+        for model, (result, seconds) in peer_results.items():
             models[model] = {
                 "metrics": evaluate_lists(protocol, result.lists, config.k),
                 "params": result.params,
@@ -124,15 +127,23 @@ def run_benchmark(
                 "selection": result.selection,
             }
             console.print(f"  {model}: {seconds:.2f}s")
+        all_lists = {model: result.lists for model, (result, _) in peer_results.items()}
         for model, fn in extra_models.items():
             model_started = time.perf_counter()
             lists = fn(protocol)
             seconds = time.perf_counter() - model_started
             models[model] = {"metrics": evaluate_lists(protocol, lists, config.k), "params": {},
                              "seconds": round(seconds, 3)}
+            all_lists[model] = lists
+            # A model may bring the lists of its parts (the platform: each candidate source alone).
+            for part, part_lists in getattr(lists, "components", {}).items():
+                models[f"{model} {part}"] = {"metrics": evaluate_lists(protocol, part_lists, config.k),
+                                             "params": {}, "seconds": 0.0, "component_of": model}
+                all_lists[f"{model} {part}"] = part_lists
             console.print(f"  {model}: {seconds:.2f}s")
         results["protocols"][name] = {
             "lift_over_best_peer": lift_over_best_peer(models, PLATFORM_MODEL, config.k),
+            "paired": paired_lifts(protocol, models, all_lists, PLATFORM_MODEL, config.k, config.seed),
             "stats": protocol.stats,
             "validation_stats": validation.stats,
             "validation_split_seconds": round(validation_seconds, 3),
@@ -144,21 +155,45 @@ def run_benchmark(
 
 
 PLATFORM_MODEL = "two_stage (platform)"
-NOT_PEERS = ("random", PLATFORM_MODEL)
+BEFORE_MODEL = "two_stage (before #15)"
+NOT_PEERS = ("random", PLATFORM_MODEL, BEFORE_MODEL)
 
 
-def platform_model(data_dir: Path, work_dir: Path) -> ExtraModel:
-    """The platform's two-stage recommender, run on each protocol's train part under `work_dir`."""
+def platform_model(data_dir: Path, work_dir: Path, seed: int = 7) -> ExtraModel:
+    """The platform's two-stage recommender, run on each protocol's train part under `work_dir`
+    (its lists carry each candidate source's own list as `components`)."""
+    return platform_models(data_dir, work_dir, seed, before=False)[PLATFORM_MODEL]
 
-    def rank(protocol: Protocol) -> Mapping[int, Sequence[int]]:
-        from training.evaluation.two_stage_benchmark import two_stage_lists
-        from training.spark import get_spark
 
-        root = work_dir / protocol.name
-        shutil.rmtree(root, ignore_errors=True)
-        return two_stage_lists(protocol, data_dir, root, get_spark("movielens-benchmark"))
+def platform_models(data_dir: Path, work_dir: Path, seed: int = 7, before: bool = True) -> dict[str, ExtraModel]:
+    """The platform (`PLATFORM_MODEL`) and, with `before`, the platform as trained before issue
+    #15 (`BEFORE_MODEL`, see `before_issue_15`), both trained on one feature pipeline per protocol."""
+    cache: dict[str, dict[str, Any]] = {}
 
-    return rank
+    def lists_of(variant: str) -> ExtraModel:
+        def rank(protocol: Protocol) -> Mapping[int, Sequence[int]]:
+            from training.evaluation.two_stage_benchmark import (
+                REQUEST_MODES,
+                before_issue_15,
+                movielens_train_config,
+                two_stage_variants,
+            )
+            from training.spark import get_spark
+
+            if protocol.name not in cache:
+                root = work_dir / protocol.name
+                shutil.rmtree(root, ignore_errors=True)
+                mode = REQUEST_MODES.get(protocol.name, "daily")
+                configs = {PLATFORM_MODEL: movielens_train_config(mode, seed)}
+                if before:
+                    configs[BEFORE_MODEL] = before_issue_15(movielens_train_config(mode, seed))
+                cache[protocol.name] = two_stage_variants(protocol, data_dir, root, get_spark("movielens-benchmark"),
+                                                          configs, seed=seed)
+            return cache[protocol.name][variant]
+
+        return rank
+
+    return {PLATFORM_MODEL: lists_of(PLATFORM_MODEL), **({BEFORE_MODEL: lists_of(BEFORE_MODEL)} if before else {})}
 
 
 def lift_over_best_peer(models: Mapping[str, Any], model: str, k: int) -> dict[str, Any] | None:
@@ -166,11 +201,32 @@ def lift_over_best_peer(models: Mapping[str, Any], model: str, k: int) -> dict[s
     if model not in models:
         return None
     metric = f"ndcg@{k}"
-    peers = {name: entry["metrics"][metric] for name, entry in models.items() if name not in NOT_PEERS}
+    peers = {name: entry["metrics"][metric] for name, entry in models.items()
+             if name not in NOT_PEERS and "component_of" not in entry}
     best = max(peers, key=peers.get)
     ours = models[model]["metrics"][metric]
     return {"metric": metric, "model": model, "value": ours, "best_peer": best, "best_peer_value": peers[best],
             "lift": ours / peers[best] - 1 if peers[best] > 0 else None}
+
+
+def paired_lifts(protocol: Protocol, models: Mapping[str, Any], lists: Mapping[str, Mapping[int, Sequence[int]]],
+                 model: str, k: int, seed: int) -> dict[str, Any]:
+    """`model`'s per-user NDCG@k against the best peer's and against the best of its own parts
+    (`component_of`), as paired lifts with bootstrap CIs (`training.evaluation.paired`)."""
+    if model not in models:
+        return {}
+    metric = f"ndcg@{k}"
+    ours = user_ndcg(protocol, lists[model], k)
+    out = {}
+    groups = {"best_peer": [m for m in models if m not in NOT_PEERS and "component_of" not in models[m]],
+              "best_own_source": [m for m in models if models[m].get("component_of") == model],
+              "before_issue_15": [m for m in models if m == BEFORE_MODEL]}
+    for label, names in groups.items():
+        if not names:
+            continue
+        best = max(names, key=lambda m: models[m]["metrics"][metric])
+        out[label] = {"model": best, **paired_lift(ours, user_ndcg(protocol, lists[best], k), seed=seed)}
+    return out
 
 
 def _versions() -> dict[str, str]:
@@ -203,6 +259,12 @@ def print_tables(results: Mapping[str, Any]) -> None:
         if lift and lift["lift"] is not None:
             console.print(f"{lift['model']} {lift['metric']} {lift['value']:.4f} vs best peer {lift['best_peer']} "
                           f"{lift['best_peer_value']:.4f}: [bold]{lift['lift']:+.1%}[/]")
+        for label, paired in (protocol.get("paired") or {}).items():
+            if paired.get("lift") is not None and paired.get("lift_ci"):
+                low, high = paired["lift_ci"]
+                console.print(f"  paired vs {label.replace('_', ' ')} {paired['model']}: lift {paired['lift']:+.1%} "
+                              f"(95% CI {low:+.1%} .. {high:+.1%}, {paired['n_users']} users, better for "
+                              f"{paired['share_better']:.0%}, worse for {paired['share_worse']:.0%})")
 
 
 def _json_default(value: Any) -> Any:
@@ -245,6 +307,8 @@ def main(
                                              "{user_id: [item_id, ...]}; repeatable"),
     platform_run: bool = typer.Option(True, "--platform/--no-platform",
                                       help="also run the platform's two-stage recommender (minutes per protocol)"),
+    compare_before: bool = typer.Option(True, "--before/--no-before",
+                                        help="also train the platform as it was before issue #15 (same features)"),
     work_dir: Path = typer.Option(REPO_ROOT / "data" / "benchmarks" / "movielens",
                                   help="where the platform runs keep their data, bundles and reports"),
 ) -> None:
@@ -257,7 +321,7 @@ def main(
                         grids=dict(QUICK_GRIDS if quick else DEFAULT_GRIDS))
     extra_models = load_extra_models(extra)
     if platform_run:
-        extra_models[PLATFORM_MODEL] = platform_model(data_dir, work_dir)
+        extra_models.update(platform_models(data_dir, work_dir, seed, before=compare_before))
     results = run_benchmark(data_dir, extra_models=extra_models, config=config, protocols=protocol)
     print_tables(results)
     written = write_json_atomic(results, out)

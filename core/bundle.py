@@ -56,6 +56,7 @@ CATEGORIES = "categories.json"
 ITEM_AVAILABLE_FROM = "item_available_from.npy"
 COVISITATION = "covisitation.npz"
 TRENDING_SCORES = "trending_scores.npy"
+ALS_ITEM_FACTORS = "als_item_factors.npy"  # optional: bundles with the ALS source (manifest "als")
 REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
 # manifest name -> distribution names to try (the first installed one wins)
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -99,6 +100,19 @@ class Bundle:
     trending_scores: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
     two_tower_state: dict[str, np.ndarray] | None = None
+    # ALS item factors (row = item_idx); the manifest's "als" entry holds regularization and alpha.
+    als_item_factors: np.ndarray | None = None
+
+    def als_solver(self):
+        """The ALS user solve over the bundle's item factors, or None for a bundle without ALS."""
+        from core.inference.als import ALSUserSolver
+
+        if self.als_item_factors is None:
+            return None
+        params = self.manifest.get("als") or {}
+        if "regularization" not in params or "alpha" not in params:
+            raise BundleError(f"bundle has {ALS_ITEM_FACTORS} but no manifest 'als' regularization and alpha")
+        return ALSUserSolver(self.als_item_factors, float(params["regularization"]), float(params["alpha"]))
 
     @classmethod
     def from_two_tower_state(cls, state: Mapping[str, np.ndarray], **fields: Any) -> Bundle:
@@ -128,6 +142,8 @@ class Bundle:
             COVISITATION: lambda p: sp.save_npz(p, sp.csr_matrix(self.covisitation)),
             TRENDING_SCORES: lambda p: _save_npy(p, self.trending_scores),
         }
+        if self.als_item_factors is not None:
+            writers[ALS_ITEM_FACTORS] = lambda p: _save_npy(p, np.asarray(self.als_item_factors, dtype=np.float32))
         return write_bundle(models_dir, version, writers, self.manifest)
 
     @classmethod
@@ -156,6 +172,8 @@ class Bundle:
             covisitation=sp.load_npz(bundle_dir / COVISITATION).tocsr(),
             trending_scores=_load_npy(bundle_dir / TRENDING_SCORES),
             manifest=manifest,
+            als_item_factors=(_load_npy(bundle_dir / ALS_ITEM_FACTORS) if ALS_ITEM_FACTORS in manifest["files"]
+                              else None),
         )
 
 

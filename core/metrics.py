@@ -59,6 +59,17 @@ def precision_at_k(hits: float | np.ndarray, list_length: int | np.ndarray, k: i
     return float(precision) if precision.ndim == 0 else precision
 
 
+def per_user_ndcg(
+    recommended: Mapping[int, Sequence[int]],
+    relevant: Mapping[int, Mapping[int, float]],
+    k: int,
+) -> dict[int, float]:
+    """NDCG@k of each user `ranking_metrics` averages over (those with a relevant item), so paired
+    comparisons of two models can be made user by user; its mean is `ranking_metrics`' ndcg@k."""
+    users = [u for u, gains in relevant.items() if any(g > 0 for g in gains.values())]
+    return {u: _user_accuracy(_dedupe(recommended.get(u, ()))[:k], relevant[u], k)["ndcg"] for u in users}
+
+
 def _dedupe(items: Sequence[int]) -> list[int]:
     return list(dict.fromkeys(int(i) for i in items))
 

@@ -126,18 +126,21 @@ class LoadedModel:
         item_emb, index, booster, spec = bundle.item_embeddings, bundle.index, bundle.ranker, bundle.ranker_spec
         item_ids, user_ids, available = IdMap(bundle.item_ids), IdMap(bundle.user_ids), bundle.item_available_from
         trending, covisit = BundleTrending(bundle.trending_scores), BundleCovisitation(bundle.covisitation)
+        als = bundle.als_solver()
         manifest, user_spec, categories = bundle.manifest, bundle.user_spec, bundle.categories
 
         n_items = len(item_ids)
         sizes = {"item_embeddings": len(item_emb), "faiss.index": index.ntotal,
                  "item_available_from": len(available), "trending_scores": trending.n_items,
                  "covisitation": covisit.n_items, "two_tower items": two_tower.n_items}
+        if als is not None:
+            sizes["als_item_factors"] = als.n_items
         wrong = {name: size for name, size in sizes.items() if size != n_items}
         if wrong:
             raise BundleError(f"bundle {bundle_dir.name}: {n_items} item ids but sizes {wrong}")
         if booster.feature_name() != spec.columns:
             raise BundleError(f"bundle {bundle_dir.name}: ranker features differ from ranker_spec.json")
-        generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates)
+        generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates, als)
         return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, booster, spec, item_ids,
                    user_ids, categories, available, trending, covisit, generator)
 

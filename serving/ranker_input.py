@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.inference.candidates import RETRIEVAL_FEATURES
+from core.inference.candidates import CANDIDATE_FEATURES
 from core.inference.frame import (
     CATEGORY_SHARE,
     DAY_OF_WEEK,
@@ -38,7 +38,7 @@ from serving.features import IS_NEW_COLUMN, ITEM_CATEGORY_COLUMN, ItemSnapshot
 
 CANDIDATE, ITEM, REQUEST, PAIR = "candidate", "item", "request", "pair"
 REQUEST_CONTEXT = ("device", HOUR_OF_DAY, DAY_OF_WEEK)
-CANDIDATE_COLUMNS = (*RETRIEVAL_FEATURES, "item_idx")  # item_idx: bundles that kept it as a feature
+CANDIDATE_COLUMNS = (*CANDIDATE_FEATURES, "item_idx")  # item_idx: bundles that kept it as a feature
 
 
 @dataclass(frozen=True)

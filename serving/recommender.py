@@ -35,7 +35,7 @@ import pandas as pd
 from starlette.concurrency import run_in_threadpool
 
 from core.inference import ranker
-from core.inference.candidates import RETRIEVAL_FEATURES, primary_source
+from core.inference.candidates import CANDIDATE_FEATURES, primary_source
 from core.inference.frame import TIMESTAMP_COLUMN
 from core.inference.inputs import HISTORY_COLUMN, user_features
 from serving.experiment import VariantRouter
@@ -592,8 +592,9 @@ class Recommender:
             "device": requests["device"][request_of],
             "item_idx": candidates["item_idx"],
         }
-        for column in RETRIEVAL_FEATURES:
-            columns[column] = candidates[column]
+        for column in CANDIDATE_FEATURES:
+            if column in candidates:  # ALS_FEATURES: bundles with an ALS source only
+                columns[column] = candidates[column]
         columns["item_id"] = item_ids
         columns["category"] = items.categories
         for column in self.user_columns:  # one value per request, repeated over its candidates

@@ -140,11 +140,13 @@ class ServingSettings(BaseSettings):
     n_trending: int | None = Field(None, ge=0, description="trending candidates per request (bundle default)")
     n_covisit: int | None = Field(None, ge=0, description="co-visitation candidates per request (bundle default)")
     covisit_seeds: int | None = Field(None, ge=0, description="recent items seeding co-visitation (bundle default)")
+    n_als: int | None = Field(None, ge=0, description="ALS candidates per request, for bundles with the ALS source "
+                                                     "(bundle default)")
     cold_start_candidates: int = Field(200, ge=1, description="trending items re-ranked for a cold user")
 
     def candidate_overrides(self) -> dict[str, int]:
         """The candidate settings given explicitly; the rest come from each bundle's manifest."""
-        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds")
+        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds", "n_als")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     # -- micro-batching ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from training.datasets.splits import TimeSplit
 from training.features.pipeline import event_date_range
 from training.features.raw_io import read_events
 from training.ranking import lgbm_ranker
+from training.retrieval.als import ALSConfig, fit_als, select_als
 from training.retrieval.mf import BPRConfig, BPRRecommender
 from training.retrieval.two_tower import Interactions, TwoTowerConfig, plot_training_curves, train_two_tower
 
@@ -63,6 +64,18 @@ class TrainConfig:
     ranker: lgbm_ranker.RankerConfig = field(default_factory=lgbm_ranker.RankerConfig)
     bpr: BPRConfig = field(default_factory=lambda: BPRConfig(
         batch_size=8192, epochs=10, lr=0.03, progress=sys.stderr.isatty()))
+    # The ALS candidate source and ranker features; None leaves ALS out.
+    als: ALSConfig | None = field(default_factory=ALSConfig)
+    # With a grid ({field: [values]}), ALS's hyper-parameters are chosen on the ranker's validation
+    # requests (ALS alone, NDCG@10, fitted on the events before the validation window).
+    als_grid: dict[str, list] | None = None
+    # Ranker training / validation requests get candidates from sources (trending, co-visitation,
+    # ALS) refitted every `source_refit_days` on the events before each chunk of requests, so their
+    # features are about as fresh as at test and serving time; None fits once, at the window's start.
+    source_refit_days: int | None = 7
+    # After validation has chosen the ranker's rounds, refit it on the training and validation
+    # requests together with that many rounds; the bundle ships the refitted ranker.
+    refit_ranker: bool = True
     seed: int = 7
 
 
@@ -174,7 +187,8 @@ def train_retrieval(store, spark, events: DataFrame, split: TimeSplit, catalog: 
     throughput = len(train_pairs) * epochs / seconds
     console.print(f"  two-tower: best epoch {result.best_epoch}, val recall@{config.two_tower.eval_k} "
                   f"{result.best_val_recall:.4f}, {throughput:,.0f} examples/s")
-    return result, spec, items_in, {"two_tower_examples_per_s": round(throughput), "two_tower_epochs": epochs,
+    return result, spec, items_in, {"val_users_path": str(work / "retrieval_val_users"),
+                                    "two_tower_examples_per_s": round(throughput), "two_tower_epochs": epochs,
                                     "two_tower_best_val_recall": result.best_val_recall,
                                     "two_tower_train_pairs": len(train_pairs)}
 
@@ -187,13 +201,42 @@ def build_index(model, items_in, user_rows, n_queries: int = 1000):
     return item_emb, index, ann_index.recall_vs_exact(index, item_emb, queries, 100)
 
 
-def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog):
-    """Trending and co-visitation fitted on events strictly before `before` (epoch s)."""
+def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALSConfig | None = None):
+    """Trending, co-visitation and (with an `als` config) ALS item factors, fitted on events
+    strictly before `before` (epoch s); ALS is None without a config."""
     past = events_np[events_np.ts < before]
     n_items = len(catalog.item_ids)
     trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=before)
     covisit = CoVisitationRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
-    return trending, covisit
+    als_model = (fit_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids), n_items, als)
+                 if als is not None else None)
+    return trending, covisit, als_model
+
+
+def choose_als(events_np: pd.DataFrame, catalog: Catalog, before: int, user_spec: UserInputSpec, request_data,
+               base: ALSConfig, grid: dict[str, list]) -> tuple[ALSConfig, list[dict]]:
+    """`select_als` on validation requests (`request_set`'s output), fitted on events before `before`."""
+    requests, labels_pd, _, exclude = request_data
+    past = events_np[events_np.ts < before]
+    users = user_features(requests, catalog.user_ids, catalog.item_ids, user_spec)
+    positions = {rid: i for i, rid in enumerate(requests["request_id"])}
+    labels = labels_pd.assign(item_idx=catalog.item_ids.to_idx(labels_pd["item_id"]),
+                              position=labels_pd["request_id"].map(positions))
+    labels = labels[(labels.item_idx >= 0) & labels.position.notna()]
+    relevant = {int(p): dict(zip(g.item_idx.astype(int), g.label.astype(float))) for p, g in labels.groupby("position")}
+    return select_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids),
+                      len(catalog.item_ids), users.history, relevant, exclude, catalog.available_from < before,
+                      base, grid)
+
+
+def refit_chunks(times: np.ndarray, start: int, days: int | None) -> list[tuple[int, np.ndarray]]:
+    """Requests (epoch s, all >= `start`) grouped by `days`-long chunks from `start`: [(fit time =
+    the chunk's start, positions of its requests)], chunks in time order. `days` None: one chunk."""
+    times = np.asarray(times, dtype=np.int64)
+    if len(times) and times.min() < start:
+        raise ValueError("a request lies before the window's start: its sources would see its future")
+    chunk = np.zeros(len(times), dtype=np.int64) if days is None else (times - start) // (days * 86_400)
+    return [(start + int(c) * (days or 0) * 86_400, np.flatnonzero(chunk == c)) for c in np.unique(chunk)]
 
 
 def seen_before(events_np: pd.DataFrame, users: np.ndarray, times: np.ndarray) -> list[set[int]]:
@@ -273,7 +316,7 @@ def baseline_lists(events_np, catalog, test_users, test_time, exclude, k, config
 def candidate_recall(generator: CandidateGenerator, users, test_time: int, exclude: list[set[int]],
                      user_ids: np.ndarray, relevant: dict[int, dict[int, float]], ks=(100, 500)) -> dict[str, float]:
     """Share of test positives in each source's top-K and in the union of those, on the test window."""
-    limits = {source: max(ks) for source in ("two_tower", "trending", "covisit")}
+    limits = {source: max(ks) for source in generator.sources}
     lists = generator.source_lists(users, np.full(len(users), test_time), exclude, limits)
     total = sum(len(relevant.get(int(u), {})) for u in user_ids)
     out = {}
@@ -310,6 +353,8 @@ class TrainedTwoStage:
     ranker: lgbm_ranker.RankerResult
     spec: object  # FeatureSpec
     candidates: CandidateConfig
+    als: ALSConfig | None = None
+    retrieval: tuple | None = None  # `train_retrieval`'s result, reusable by another run on the same data
 
 
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
@@ -319,8 +364,10 @@ def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
 
 
 def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings,
-                    config: TrainConfig | None = None) -> TrainedTwoStage:
-    """`run_training`, returning the trained components along with the bundle path."""
+                    config: TrainConfig | None = None, retrieval: tuple | None = None) -> TrainedTwoStage:
+    """`run_training`, returning the trained components along with the bundle path. `retrieval`
+    (a previous run's `TrainedTwoStage.retrieval`, same data and two-tower settings) skips the
+    two-tower's training."""
     from core.bundle import new_version
 
     config = config or TrainConfig()
@@ -334,42 +381,67 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     catalog = load_catalog(spark, settings)
     events_np = timer.run("events", events_frame, events, work / "events", catalog)
 
-    two_tower, user_spec, items_in, retrieval_stats = timer.run(
-        "retrieval: Feast training set + two-tower", train_retrieval, store, spark, events, split, catalog,
-        config, work, settings)
+    if retrieval is None:
+        retrieval = timer.run("retrieval: Feast training set + two-tower", train_retrieval, store, spark, events,
+                              split, catalog, config, work, settings)
+    two_tower, user_spec, items_in, retrieval_stats = retrieval
     model = two_tower.model
 
     # Ranker training / validation requests and their candidates.
-    def ranker_set(name: str, start: date, end: date, limit: int) -> pd.DataFrame:
+    def request_set(name: str, start: date, end: date, limit: int):
         labels = req.sample_requests(labelled_requests(events, start, end, config), limit, config.seed)
         write_parquet(labels, work / f"{name}_labels")
         labels_pd = pd.read_parquet(work / f"{name}_labels")
         requests = with_user_features(store, spark, labels, work / f"{name}_users")
         times = epoch_seconds(requests["event_timestamp"])
         exclude = seen_before(events_np, catalog.user_ids.to_idx(requests["user_id"]), times)
-        rows = candidate_rows(generator, requests, labels_pd, catalog, user_spec, exclude)
+        return requests, labels_pd, times, exclude
+
+    def ranker_set(name: str, start: date, request_data) -> pd.DataFrame:
+        requests, labels_pd, times, exclude = request_data
+        parts = []
+        # Without refits every set's sources are fitted once, at the ranker window's start.
+        fit_from = start if config.source_refit_days else split.ranker_start
+        for fit_time, positions in refit_chunks(times, to_epoch(fit_from), config.source_refit_days):
+            chunk = requests.iloc[positions].reset_index(drop=True)
+            parts.append(candidate_rows(make_generator(fit_time), chunk, labels_pd, catalog, user_spec,
+                                        [exclude[i] for i in positions]))
+        rows = pd.concat(parts, ignore_index=True)
         # The training rows are also the bundle's drift reference (monitoring reads them there).
         out = settings.reference_rows_dir(version) if name == "ranker_train" else work / f"{name}_rows"
         return with_ranking_features(store, spark, rows, out)
 
-    def make_generator(before: int) -> CandidateGenerator:
-        trending, covisit = fit_sources(events_np, before, catalog)
-        return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
-                                  config.candidates)
+    als_config, als_selection = config.als, None
 
-    user_probe = user_features(pd.read_parquet(work / "retrieval_val_users"), catalog.user_ids,
+    def make_generator(before: int) -> CandidateGenerator:
+        trending, covisit, als = fit_sources(events_np, before, catalog, als_config)
+        return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
+                                  config.candidates, als)
+
+    user_probe = user_features(pd.read_parquet(retrieval_stats["val_users_path"]), catalog.user_ids,
                                catalog.item_ids, user_spec)
     item_emb, index, ann_recall = timer.run("faiss index", build_index, model, items_in, user_probe)
-    generator = make_generator(to_epoch(split.ranker_start))
+    val_requests = timer.run("ranker validation requests", request_set, "ranker_val", split.val_start,
+                             split.test_start, config.max_val_requests)
+    if als_config is not None and config.als_grid:
+        als_config, als_selection = timer.run("ALS selection on the validation requests", choose_als, events_np,
+                                              catalog, to_epoch(split.val_start), user_spec, val_requests,
+                                              als_config, config.als_grid)
+        console.print(f"  ALS: chose {als_config}")
+    train_requests = timer.run("ranker training requests", request_set, "ranker_train", split.ranker_start,
+                               split.val_start, config.max_ranker_requests)
     ranker_train = timer.run("ranker training set (Feast ranking service)", ranker_set, "ranker_train",
-                             split.ranker_start, split.val_start, config.max_ranker_requests)
-    ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start,
-                           split.test_start, config.max_val_requests)
+                             split.ranker_start, train_requests)
+    ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start, val_requests)
     train_rows, val_rows = keep_informative(ranker_train), keep_informative(ranker_val)
     spec = fit_feature_spec(train_rows, exclude=(*DEFAULT_EXCLUDE, "item_idx"))  # ids are not features
     ranker = timer.run("lightgbm lambdarank", lgbm_ranker.train_ranker, train_rows, val_rows, spec, config.ranker)
     console.print(f"  ranker: {len(train_rows):,} rows, best iteration {ranker.best_iteration}, "
                   f"val ndcg@10 {ranker.best_score:.4f}")
+    validated = ranker
+    if config.refit_ranker:
+        ranker = timer.run("ranker refit on training + validation requests", lgbm_ranker.refit_ranker,
+                           pd.concat([train_rows, val_rows], ignore_index=True), validated)
 
     # Test: one request per user at the start of the test period, sources refitted up to then.
     test_time = to_epoch(split.test_start)
@@ -388,12 +460,16 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         store, spark, candidate_rows(generator, test_requests, test_labels_pd, catalog, user_spec, exclude),
         work / "test_rows"))
     test_rows["ranker_score"] = ranker_score(ranker.booster, test_rows, spec)
+    if ranker is not validated:
+        test_rows["validated_ranker_score"] = ranker_score(validated.booster, test_rows, spec)
     relevant = {u: r for u, r in relevant_items(test_labels_pd, catalog).items() if u in set(test_users.tolist())}
 
     k_max = max(KS)
     lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
     lists["two_tower"] = ranked_lists(test_rows[test_rows.from_two_tower == 1], "retrieval_score", k_max)
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
+    if ranker is not validated:  # the ranker as validated, before its refit: both are reported
+        lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
     popularity = np.bincount(events_np.item_idx[events_np.ts < test_time], minlength=len(catalog.item_ids))
     results = {name: ranking_metrics(recs, relevant, KS, popularity, len(catalog.item_ids))
                for name, recs in lists.items()}
@@ -402,11 +478,12 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         exclude, test_users, relevant)
     stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
-             "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration}
+             "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration,
+             "als": als_config.to_dict() if als_config is not None else None, "als_selection": als_selection}
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates)
+                           config.candidates, als_config, retrieval)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
@@ -416,9 +493,9 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     time, candidates from sources fitted on all of the run's events, and each user's `exclude`
     item ids left out. Keyed by user_id (one request per user)."""
     catalog, events_np = trained.catalog, trained.events_np
-    trending, covisit = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog)
+    trending, covisit, als = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als)
     generator = CandidateGenerator(trained.two_tower, trained.item_embeddings, trained.index,
-                                   catalog.available_from, trending, covisit, trained.candidates)
+                                   catalog.available_from, trending, covisit, trained.candidates, als)
     frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
     with_users = with_user_features(store, spark, spark.createDataFrame(frame), trained.work / f"{name}_users")
     excluded = [{int(i) for i in catalog.item_ids.to_idx(sorted(exclude.get(int(u), ()))) if i >= 0}
@@ -428,8 +505,28 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     rows = candidate_rows(generator, with_users, no_labels, catalog, trained.user_spec, excluded)
     rows = with_ranking_features(store, spark, rows, trained.work / f"{name}_rows")
     rows["ranker_score"] = ranker_score(trained.ranker.booster, rows, trained.spec)
-    lists = ranked_lists(rows, "ranker_score", k)
-    return {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist() for user, items in lists.items()}
+    to_ids = lambda lists: {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist()  # noqa: E731
+                            for user, items in lists.items()}
+    out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k)))
+    for source, (flag, rank) in SOURCE_COLUMNS.items():
+        if flag in rows.columns:  # each source alone: its own candidates in its own order
+            proposed = rows[rows[flag] == 1].assign(_order=lambda r: -r[rank].astype(float))
+            out.components[f"source: {source}"] = to_ids(ranked_lists(proposed, "_order", k))
+    return out
+
+
+# Each candidate source's flag and rank columns (the source's own order).
+SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending": ("from_trending", "trending_rank"),
+                  "covisit": ("from_covisit", "covisit_rank"), "als": ("from_als", "als_rank")}
+
+
+class RankedLists(dict):
+    """Top-k item ids per user (the two-stage list), with `components`: other lists of the same
+    requests by name (each candidate source alone)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.components: dict[str, dict[int, list[int]]] = {}
 
 
 def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, ranker,
@@ -445,7 +542,7 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "Ranker feature importance (gain)": lgbm_ranker.plot_feature_importance(
             ranker.feature_importance, report_dir / "feature_importance.png"),
     }
-    baselines = {k: v for k, v in results.items() if k != "two_stage"}
+    baselines = {k: v for k, v in results.items() if not k.startswith("two_stage")}
     best_name = max(baselines, key=lambda k: baselines[k]["ndcg@10"])
     best, ours = baselines[best_name]["ndcg@10"], results["two_stage"]["ndcg@10"]
     lift = (ours / best - 1) if best > 0 else float("inf")
@@ -470,13 +567,16 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "data_fingerprint": data_fingerprint(settings),
         "metrics": {name: {k: v for k, v in m.items() if k.endswith("@10")} for name, m in results.items()},
         "candidates": asdict(generator.config),
+        "als": ({"regularization": generator.als.regularization, "alpha": generator.als.alpha,
+                 "factors": generator.als.factors} if generator.als is not None else None),
     }
     bundle = Bundle.from_two_tower_state(
         two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
         index=index, item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec,
         item_ids=catalog.item_ids.ids, user_ids=catalog.user_ids.ids, categories=catalog.categories,
         item_available_from=catalog.available_from, covisitation=covisit.matrix.tocsr(),
-        trending_scores=trending.item_scores, manifest=manifest,
+        trending_scores=trending.item_scores,
+        als_item_factors=generator.als.item_factors if generator.als is not None else None, manifest=manifest,
     ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle

@@ -1,9 +1,12 @@
-"""Candidate generation: two-tower ANN + trending + co-visitation, merged and de-duplicated.
+"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS), merged and de-duplicated.
 
 Used for the ranker's training requests, for offline evaluation and by the serving layer, so the
 ranker always sees candidates drawn the same way. Every candidate carries the features the ranker
 uses about retrieval: the two-tower similarity (for every candidate, whatever its source), its ANN
-rank, trending and co-visitation scores, and which sources proposed it.
+rank, trending and co-visitation scores, and which sources proposed it. A generator with an ALS
+model (`core.inference.als`) adds a fourth source and ALS_FEATURES: the ALS score of every
+candidate (user factors solved from the request's history), its rank in the ALS list, and whether
+ALS proposed it; without one the columns are exactly the three sources' ones.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.inference.als import ALSUserSolver
 from core.inference.ann_index import search
 from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
 from core.inference.two_tower import UserFeatures
@@ -27,6 +31,10 @@ SOURCES = ("two_tower", "trending", "covisit")
 # on, which differ between the ranker's training requests and later ones; a rank does not drift.
 RETRIEVAL_FEATURES = ["retrieval_score", "retrieval_rank", "trending_score", "trending_rank", "covisit_score",
                       "covisit_rank", "from_two_tower", "from_trending", "from_covisit"]
+ALS_SOURCE = "als"
+ALS_FEATURES = ["als_score", "als_rank", "from_als"]
+# Every candidate column a ranker may be trained on (ALS_FEATURES only with an ALS source).
+CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES]
 
 
 @dataclass
@@ -35,6 +43,7 @@ class CandidateConfig:
     n_trending: int = 50
     n_covisit: int = 50
     covisit_seeds: int = 5
+    n_als: int = 100  # used only by a generator with an ALS model
 
 
 class UserEncoder(Protocol):
@@ -53,6 +62,20 @@ class CandidateGenerator:
     trending: TrendingRecommender
     covisit: CoVisitationRecommender
     config: CandidateConfig = field(default_factory=CandidateConfig)
+    als: ALSUserSolver | None = None
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (*SOURCES, ALS_SOURCE) if self.als is not None else SOURCES
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The candidate columns `generate` returns besides position and item_idx."""
+        return CANDIDATE_FEATURES if self.als is not None else RETRIEVAL_FEATURES
+
+    def _limits(self) -> dict[str, int]:
+        return {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
+                "covisit": self.config.n_covisit, ALS_SOURCE: self.config.n_als}
 
     def generate(self, users: UserFeatures, request_times: np.ndarray,
                  exclude: list[set[int]] | None = None) -> pd.DataFrame:
@@ -62,24 +85,23 @@ class CandidateGenerator:
         two-tower score; items not yet created at the request time or in `exclude` never appear.
         """
         if len(users) == 0:
-            return pd.DataFrame(columns=["position", "item_idx", *RETRIEVAL_FEATURES])
+            return pd.DataFrame(columns=["position", "item_idx", *self.feature_columns])
         # Fresh arrays that nothing else holds: no copy, and no consolidation into 2-D blocks
         # (which costs more than the frame is used for on the serving path).
         return pd.DataFrame(self.generate_columns(users, request_times, exclude), copy=False)
 
     def generate_columns(self, users: UserFeatures, request_times: np.ndarray,
                          exclude: list[set[int]] | None = None) -> dict[str, np.ndarray]:
-        """`generate`'s columns as arrays (position, item_idx, *RETRIEVAL_FEATURES), no DataFrame."""
-        limits = {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
-                  "covisit": self.config.n_covisit}
+        """`generate`'s columns as arrays (position, item_idx, *feature_columns), no DataFrame."""
+        limits = self._limits()
         user_emb = self.model.user_embeddings(users)
         parts = [self._candidates(row, user_emb[row], lists)
                  for row, lists in enumerate(self._source_arrays(users, request_times, exclude, limits, user_emb))]
         if not parts:  # no requests: the columns of a request without candidates
             empty = np.zeros(0, dtype=np.int64)
             return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
-                                    {source: empty for source in SOURCES} | {"_scores": (np.zeros(0), empty,
-                                                                                          np.zeros(0))})
+                                    {source: empty for source in self.sources}
+                                    | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0)})
         if len(parts) == 1:
             return parts[0]
         return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
@@ -87,7 +109,7 @@ class CandidateGenerator:
     def source_lists(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
                      limits: dict[str, int], user_emb: np.ndarray | None = None) -> list[dict[str, list[int]]]:
         """Per request, each source's ranked items (at most `limits[source]`), allowed items only."""
-        return [{source: lists[source].tolist() for source in SOURCES}
+        return [{source: lists[source].tolist() for source in self.sources if source in lists}
                 for lists in self._source_arrays(users, request_times, exclude, limits, user_emb)]
 
     def _source_arrays(self, users: UserFeatures, request_times: np.ndarray, exclude: list[set[int]] | None,
@@ -104,6 +126,7 @@ class CandidateGenerator:
         """
         exclude = exclude or [set() for _ in range(len(users))]
         user_emb = self.model.user_embeddings(users) if user_emb is None else user_emb
+        als_scores = self.als.scores(self.als.user_factors(users.history)) if self.als is not None else None
         _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
         n_catalog = len(self.item_available_from)
         out = []
@@ -123,8 +146,14 @@ class CandidateGenerator:
             covisit_items, covisit_sums = self._covisit_sparse(seeds)
             covisit = self._covisit_list(covisit_items, covisit_sums, request_time, blocked,
                                          limits["covisit"] * 3 + len(blocked), limits["covisit"])
-            out.append({"two_tower": ann, "trending": trending, "covisit": covisit,
-                        "_scores": (trending_scores, covisit_items, covisit_sums)})
+            lists = {"two_tower": ann, "trending": trending, "covisit": covisit,
+                     "_scores": (trending_scores, covisit_items, covisit_sums)}
+            if als_scores is not None:
+                limit = limits.get(ALS_SOURCE, self.config.n_als)
+                lists[ALS_SOURCE] = self._dense_list(als_scores[row], request_time, blocked,
+                                                     limit * 3 + len(blocked), limit)
+                lists["_als"] = als_scores[row]
+            out.append(lists)
         return out
 
     def _allowed(self, items: np.ndarray, request_time: int, blocked: np.ndarray) -> np.ndarray:
@@ -189,9 +218,10 @@ class CandidateGenerator:
 
     def _candidates(self, row: int, user_vector: np.ndarray, lists: dict) -> dict[str, np.ndarray]:
         """One request's candidates as columns, best first by two-tower score (stable)."""
-        ann, trending, covisit = lists["two_tower"], lists["trending"], lists["covisit"]
+        with_als = self.als is not None
+        source_lists = [lists[source] for source in self.sources]
         trending_scores, covisit_items, covisit_sums = lists["_scores"]
-        proposed = np.concatenate([ann, trending, covisit])
+        proposed = np.concatenate(source_lists)
         unique, first, inverse = np.unique(proposed, return_index=True, return_inverse=True)
         by_first = np.argsort(first)  # de-duplicated, first occurrence order (distinct `first`s)
         items = unique[by_first]
@@ -204,23 +234,27 @@ class CandidateGenerator:
         # A source's rank of each item: scatter 1..len(list) onto the list's `unique` positions.
         # The trending and co-visitation lists never repeat an item; FAISS hits normally do not
         # either, and where they do the rank is the item's last one, as the old dict gave.
-        ends = np.cumsum([0, len(ann), len(trending), len(covisit)])
-        ranks = np.zeros((3, len(unique)), dtype=np.int64)
+        ends = np.cumsum([0, *map(len, source_lists)])
+        ranks = np.zeros((len(source_lists), len(unique)), dtype=np.int64)
         for source, (start, end) in enumerate(zip(ends[:-1], ends[1:])):
             if start < end:
                 np.maximum.at(ranks[source], inverse[start:end], np.arange(1, end - start + 1))
         ranks = ranks[:, chosen]
-        for source, (rank_column, flag_column, n) in enumerate(
-                (("retrieval_rank", "from_two_tower", self.config.n_ann),
-                 ("trending_rank", "from_trending", self.config.n_trending),
-                 ("covisit_rank", "from_covisit", self.config.n_covisit))):
+        rank_columns = [("retrieval_rank", "from_two_tower", self.config.n_ann),
+                        ("trending_rank", "from_trending", self.config.n_trending),
+                        ("covisit_rank", "from_covisit", self.config.n_covisit)]
+        if with_als:
+            rank_columns.append(("als_rank", "from_als", self.config.n_als))
+        for source, (rank_column, flag_column, n) in enumerate(rank_columns):
             found = ranks[source] > 0
             columns[rank_column] = np.where(found, ranks[source], n + 1)
             columns[flag_column] = found.astype(np.int8)
         items = columns["item_idx"]
         columns["trending_score"] = trending_scores[items]
         columns["covisit_score"] = _lookup(covisit_items, covisit_sums, items)
-        return {column: columns[column] for column in ("position", "item_idx", *RETRIEVAL_FEATURES)}
+        if with_als:
+            columns["als_score"] = np.asarray(lists["_als"], dtype=np.float64)[items]
+        return {column: columns[column] for column in ("position", "item_idx", *self.feature_columns)}
 
     def _trending_scores(self, request_time: int) -> np.ndarray:
         return self.trending.scores_as_of(request_time)
@@ -269,7 +303,9 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def primary_source(columns: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
-    """The first source (in SOURCES order) that proposed each candidate (object array)."""
+    """The first source (in SOURCES order, then ALS) that proposed each candidate (object array)."""
+    fallback = (np.where(np.asarray(columns["from_covisit"]) == 1, "covisit", ALS_SOURCE)
+                if "from_als" in columns else "covisit")
     source = np.where(np.asarray(columns["from_two_tower"]) == 1, "two_tower",
-                      np.where(np.asarray(columns["from_trending"]) == 1, "trending", "covisit"))
+                      np.where(np.asarray(columns["from_trending"]) == 1, "trending", fallback))
     return source.astype(object)

@@ -111,3 +111,31 @@ def test_lift_over_best_peer_ignores_random_and_the_model_itself(bench):
     lift = bench.lift_over_best_peer(models, bench.PLATFORM_MODEL, 10)
     assert lift["best_peer"] == "als" and lift["lift"] == pytest.approx(0.15)
     assert bench.lift_over_best_peer({"als": models["als"]}, bench.PLATFORM_MODEL, 10) is None
+
+
+def test_a_models_parts_get_rows_and_paired_lifts_with_cis(bench, fake_ml):
+    class WithParts(dict):
+        components: dict
+
+    def platform(protocol):
+        oracle = {u: sorted(items) for u, items in protocol.relevant.items()}
+        lists = WithParts(oracle)
+        # A part that finds only each user's first held-out item, behind nine misses.
+        misses = {u: [i for i in protocol.items.tolist() if i not in items and i not in protocol.exclude[u]][:9]
+                  for u, items in protocol.relevant.items()}
+        lists.components = {"source: half": {u: misses[u] + sorted(items)[:1] for u, items in protocol.relevant.items()}}
+        return lists
+
+    grids = {"item_knn": {"neighbours": [5]}, "als": {"factors": [4], "regularization": [0.1], "alpha": [1.0]},
+             "bpr": {"factors": [4], "learning_rate": [0.05], "iterations": [20]}}
+    results = bench.run_benchmark(fake_ml, extra_models={bench.PLATFORM_MODEL: platform},
+                                  config=PeerConfig(grids=grids), protocols=("per_user",))
+    protocol = results["protocols"]["per_user"]
+    part = f"{bench.PLATFORM_MODEL} source: half"
+    assert protocol["models"][part]["component_of"] == bench.PLATFORM_MODEL
+    assert protocol["lift_over_best_peer"]["best_peer"] != part  # a part is not a peer
+    own, peer = protocol["paired"]["best_own_source"], protocol["paired"]["best_peer"]
+    assert own["model"] == part and peer["model"] in protocol["models"]
+    assert own["ours"] == pytest.approx(1.0) and own["lift"] > 0 and own["lift_ci"][0] > 0
+    assert own["share_better"] == 1.0 and own["diff_ci"][0] > 0
+    bench.print_tables(results)

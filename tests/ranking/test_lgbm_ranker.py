@@ -5,7 +5,13 @@ import pytest
 from core.inference.frame import fit_feature_spec
 from core.inference.ranker import load_ranker, save_ranker, score
 from core.metrics import ranking_metrics
-from training.ranking.lgbm_ranker import RankerConfig, plot_feature_importance, plot_ranker_curves, train_ranker
+from training.ranking.lgbm_ranker import (
+    RankerConfig,
+    plot_feature_importance,
+    plot_ranker_curves,
+    refit_ranker,
+    train_ranker,
+)
 
 INFORMATIVE = "item_daily__ctr_30d"  # drives the synthetic label most (see conftest.py)
 CONFIG = RankerConfig(
@@ -114,3 +120,15 @@ def test_one_thread_scores_equal_the_default_threads(trained, ranking_splits):
     assert len(np.unique(default)) > 10
     np.testing.assert_array_equal(predict_matrix(trained.booster, matrix, num_threads=1), default)
     assert predict_matrix(trained.booster, matrix[:0], num_threads=1).shape == (0,)
+
+
+def test_refit_keeps_the_validated_rounds_and_learns_from_the_added_rows(trained, ranking_splits):
+    both = pd.concat([ranking_splits["train"], ranking_splits["val"]], ignore_index=True)
+    refit = refit_ranker(both, trained)
+    assert refit.booster.num_trees() == trained.best_iteration == refit.best_iteration
+    assert refit.best_score == trained.best_score and refit.spec == trained.spec
+    test = ranking_splits["test"]
+    validated = ndcg_at_10(test, score(trained.booster, test, trained.spec))
+    refitted = ndcg_at_10(test, score(refit.booster, test, refit.spec))
+    assert refitted > 0.5 and abs(refitted - validated) < 0.05  # same model class, more data
+    assert refit_ranker(both, trained, rounds=3).booster.num_trees() == 3

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.metrics import ranking_metrics
+from core.metrics import per_user_ndcg, ranking_metrics
 
 SECONDS_PER_DAY = 86_400
 COLUMNS: tuple[str, ...] = ("user_id", "item_id", "ts", "rating")
@@ -245,6 +245,24 @@ def evaluate_lists(
     An evaluated user without a list counts as an empty list; lists of other users are ignored.
     Item ids outside the catalog raise ``ValueError``.
     """
+    recommended, relevant, n_excluded = _indexed_lists(protocol, lists, k)
+    metrics = ranking_metrics(recommended, relevant, ks=(k,), n_items=len(protocol.items))
+    metrics["excluded_in_lists"] = float(n_excluded)
+    metrics["users"] = float(len(protocol.users))
+    metrics["users_without_full_list"] = float(sum(len(r) < k for r in recommended.values()))
+    return metrics
+
+
+def user_ndcg(protocol: Protocol, lists: Mapping[int, Sequence[int]], k: int = 10) -> dict[int, float]:
+    """NDCG@k per evaluated user (with a relevant item), scored exactly as `evaluate_lists` does."""
+    recommended, relevant, _ = _indexed_lists(protocol, lists, k)
+    return per_user_ndcg(recommended, relevant, k)
+
+
+def _indexed_lists(protocol: Protocol, lists: Mapping[int, Sequence[int]], k: int
+                   ) -> tuple[dict[int, list[int]], dict[int, dict[int, float]], int]:
+    """Lists cut at k after removing each user's exclusions, and the relevant gains, over contiguous
+    indices of ``protocol.items``; and how many excluded items the lists held."""
     index = {int(item): i for i, item in enumerate(protocol.items.tolist())}
     recommended: dict[int, list[int]] = {}
     n_excluded = 0
@@ -263,8 +281,4 @@ def evaluate_lists(
                 break
         recommended[user] = kept
     relevant = {u: {index[i]: g for i, g in gains.items()} for u, gains in protocol.relevant.items()}
-    metrics = ranking_metrics(recommended, relevant, ks=(k,), n_items=len(index))
-    metrics["excluded_in_lists"] = float(n_excluded)
-    metrics["users"] = float(len(protocol.users))
-    metrics["users_without_full_list"] = float(sum(len(r) < k for r in recommended.values()))
-    return metrics
+    return recommended, relevant, n_excluded

@@ -33,7 +33,7 @@ from training.pipeline import TrainConfig, rank_requests, train_two_stage
 REQUEST_MODES = {"global": "daily", "per_user": "session"}
 
 
-def movielens_train_config(request_mode: str = "session") -> TrainConfig:
+def movielens_train_config(request_mode: str = "session", seed: int = 7) -> TrainConfig:
     """Windows for MovieLens-100K's pace (~3k ratings a week): twelve weeks of ranker requests,
     four weeks of validation, and four requests per rating session (a few hundred sessions per
     window otherwise leave the ranker too few requests); the run's own test week is reported but
@@ -41,7 +41,7 @@ def movielens_train_config(request_mode: str = "session") -> TrainConfig:
     session is one long history. 200 ANN candidates: the catalog has 1,682 items.
     `request_mode` should match the requests the model will answer (see `REQUEST_MODES`)."""
     config = TrainConfig(test_days=7, val_days=28, ranker_days=84, max_ranker_requests=6_000,
-                         max_val_requests=2_000, request_mode=request_mode,
+                         max_val_requests=2_000, request_mode=request_mode, seed=seed,
                          session_label_shares=(0.2, 0.4, 0.6, 0.8),
                          candidates=CandidateConfig(n_ann=200, n_trending=50, n_covisit=200, covisit_seeds=20))
     # Small data (a few thousand ranker requests): smaller trees, more data per leaf.
@@ -50,15 +50,38 @@ def movielens_train_config(request_mode: str = "session") -> TrainConfig:
     config.ranker.feature_fraction = 0.7
     config.ranker.early_stopping_rounds = 50
     config.two_tower.epochs = 20
+    config.two_tower.seed = config.ranker.seed = seed
+    if config.als is not None:
+        config.als.seed = seed
+    # ALS chosen on the validation requests (peers' ALS on MovieLens wants few factors, strong
+    # regularization).
+    config.als_grid = {"factors": [16, 32, 64], "regularization": [1.0, 10.0, 50.0]}
     # MovieLens relevance follows popularity closely; log-Q correction (which removes popularity
     # from the in-batch softmax) costs the two-tower more than it gives here.
     config.two_tower.logq_correction = False
     return config
 
 
+def before_issue_15(config: TrainConfig) -> TrainConfig:
+    """`config` as the platform trained before issue #15: no ALS source, candidate sources fitted
+    once at the start of the ranker's window, the ranker as validated (no refit)."""
+    config.als = None
+    config.source_refit_days = None
+    config.refit_ranker = False
+    return config
+
+
 def two_stage_lists(protocol: Protocol, movielens_dir: Path, root: Path, spark: SparkSession,
-                    config: TrainConfig | None = None, k: int = 10) -> dict[int, list[int]]:
-    """Top-k item ids per evaluated user of `protocol`, from a platform run on its train part."""
+                    config: TrainConfig | None = None, k: int = 10, seed: int = 7) -> dict[int, list[int]]:
+    """Top-k item ids per evaluated user of `protocol`, from a platform run on its train part (a
+    `RankedLists`: each candidate source's own list is in its `components`)."""
+    return two_stage_variants(protocol, movielens_dir, root, spark, {"": config}, k, seed)[""]
+
+
+def two_stage_variants(protocol: Protocol, movielens_dir: Path, root: Path, spark: SparkSession,
+                       configs: dict[str, TrainConfig | None], k: int = 10, seed: int = 7) -> dict[str, dict]:
+    """`two_stage_lists` for several training configurations sharing one feature pipeline and
+    Feast project (None: `movielens_train_config` for the protocol)."""
     settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports",
                         recent_history_granularity="event")
     train_pairs = set(zip(protocol.train["user_id"].tolist(), protocol.train["item_id"].tolist()))
@@ -69,9 +92,14 @@ def two_stage_lists(protocol: Protocol, movielens_dir: Path, root: Path, spark: 
     repo = feast_repo.make_isolated_repo(root / "repo", project, settings.data_dir)
     feast_repo.apply(repo, {"RECSYS_DATA_DIR": str(settings.data_dir)})
     store = feast_repo.feature_store(repo)
-    trained = train_two_stage(spark, store, settings,
-                              config or movielens_train_config(REQUEST_MODES.get(protocol.name, "daily")))
-    return rank_requests(trained, store, spark, requests_frame(protocol), protocol.exclude, k, protocol.name)
+    out, retrieval = {}, None
+    for name, config in configs.items():  # the two-tower is trained once (the variants share its settings)
+        config = config or movielens_train_config(REQUEST_MODES.get(protocol.name, "daily"), seed)
+        trained = train_two_stage(spark, store, settings, config, retrieval)
+        retrieval = trained.retrieval
+        out[name] = rank_requests(trained, store, spark, requests_frame(protocol), protocol.exclude, k,
+                                  f"{protocol.name}{name}")
+    return out
 
 
 def requests_frame(protocol: Protocol) -> pd.DataFrame:

@@ -179,6 +179,21 @@ def train_ranker(
     )
 
 
+def refit_ranker(rows: pd.DataFrame, validated: RankerResult, rounds: int | None = None) -> RankerResult:
+    """`validated`'s configuration trained again on `rows` (typically its training and validation
+    rows together) for `rounds` (default: the validated best iteration), no early stopping: the
+    refit ranker has seen the most recent requests. Its `best_score` stays the validated one."""
+    rounds = max(1, rounds or validated.best_iteration)
+    train_set = _dataset(rows, validated.spec, validated.config)
+    evals_result: EvalsResult = {}
+    booster = lgb.train(validated.config.params(), train_set, num_boost_round=rounds, valid_sets=[train_set],
+                        valid_names=[TRAIN_NAME], callbacks=[lgb.record_evaluation(evals_result)])
+    booster.best_iteration = rounds
+    return RankerResult(booster=booster, spec=validated.spec, config=validated.config, evals_result=evals_result,
+                        best_iteration=rounds, best_score=validated.best_score,
+                        feature_importance=feature_importance(booster))
+
+
 def feature_importance(booster: lgb.Booster) -> pd.DataFrame:
     """Total gain and split count per feature at the best iteration, by gain descending."""
     iteration = booster.best_iteration or None
