@@ -49,3 +49,8 @@ def test_serving_refuses_to_start_on_a_feast_without_its_internals(tmp_path):
     assert proc.returncode == 1
     assert "feast.no_such_thing  (used by a test)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_each_internal_is_listed_once_with_every_user():
+    keys = [(internal.module, internal.name) for internal in feast_compat.FEAST_INTERNALS]
+    assert len(keys) == len(set(keys))
