@@ -54,6 +54,8 @@ class WorkflowResult:
     direct_reads: list[dict]
     feast_reads: list[dict]
     pushed: dict[str, list]
+    online_after_push: dict[str, list]  # the first read again, after the push (user 2 is pushed)
+    views_written: dict[int, list[str]]  # per user, the views with a row in Redis (failure messages)
 
 
 # -- the services a configuration needs ---------------------------------------------------------
@@ -180,7 +182,25 @@ def run_workflow(repo: Path, env: dict[str, str], spark, offline: bool) -> Workf
     pushed = store.get_online_features(features=["user_recent_history:recent_item_ids",
                                                  "user_recent_history:last_event_timestamp"],
                                        entity_rows=[{"user_id": 2}]).to_dict()
-    return WorkflowResult(training_rows, online, direct_reads, feast_reads, pushed)
+    online_after_push = store.get_online_features(features=USER_REFS, entity_rows=users).to_dict()
+    return WorkflowResult(training_rows, online, direct_reads, feast_reads, pushed, online_after_push,
+                          views_written(store, [1, 2, 999]))
+
+
+def views_written(store, user_ids: list[int]) -> dict[int, list[str]]:
+    """Per user, the views whose row its Redis hash holds (the `_ts:<view>` fields)."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    config = store.config
+    client = store._get_provider().online_store._get_client(config.online_store)  # noqa: SLF001
+    out = {}
+    for user in user_ids:
+        key = _redis_key(config.project, EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=user)]),
+                         entity_key_serialization_version=config.entity_key_serialization_version)
+        out[user] = sorted(f.decode()[4:] for f in client.hkeys(key) if f.startswith(b"_ts:"))
+    return out
 
 
 def training_set(store, spark) -> pd.DataFrame:
@@ -240,8 +260,11 @@ def test_every_configuration_gives_the_shipped_results(workflows, name):
     shipped, other = workflows["shipped"], workflows[name]
     if other.training_rows is not None:
         pd.testing.assert_frame_equal(other.training_rows, shipped.training_rows, check_dtype=False)
-    assert other.online == shipped.online
-    assert other.pushed == shipped.pushed
+    context = (f"views with a row in Redis: {other.views_written} (shipped: {shipped.views_written}); "
+               f"read again after the push: {other.online_after_push}")
+    assert other.online == shipped.online, context
+    assert other.pushed == shipped.pushed, context
+    assert other.online_after_push == shipped.online_after_push, context
 
 
 @pytest.mark.parametrize("name", CONFIGS)
