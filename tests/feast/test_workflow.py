@@ -249,19 +249,21 @@ def test_shipped_workflow_gives_point_in_time_rows_and_online_values(workflows):
     assert shipped.pushed["last_event_timestamp"][0] == PUSHED_AT
 
 
-CLUSTER_ROW_LOSS = pytest.mark.xfail(
-    strict=False, reason="open: one user's recent-history row was missing on the Redis Cluster in two full-suite "
-                         "runs (never alone); cluster writes now take turns, unconfirmed as the fix")
+CLUSTER_ROW_LOSS = ("open: a user's recent-history row was missing on the Redis Cluster in three full-suite "
+                    "runs, never in a run of tests/feast or of this module alone")
 
 
-@pytest.mark.parametrize("name", [pytest.param(c, marks=CLUSTER_ROW_LOSS) if c == "redis_cluster" else c
-                                  for c in CONFIGS if c != "shipped"])
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "shipped"])
 def test_every_configuration_gives_the_shipped_results(workflows, name):
     shipped, other = workflows["shipped"], workflows[name]
     if other.training_rows is not None:
         pd.testing.assert_frame_equal(other.training_rows, shipped.training_rows, check_dtype=False)
     context = (f"views with a row in Redis: {other.views_written} (shipped: {shipped.views_written}); "
                f"read again after the push: {other.online_after_push}")
+    same = (other.online, other.pushed, other.online_after_push) == (shipped.online, shipped.pushed,
+                                                                       shipped.online_after_push)
+    if name == "redis_cluster" and not same:  # a known open failure: say what was seen
+        pytest.xfail(f"{CLUSTER_ROW_LOSS}; this run: {other.online} vs shipped {shipped.online}; {context}")
     assert other.online == shipped.online, context
     assert other.pushed == shipped.pushed, context
     assert other.online_after_push == shipped.online_after_push, context
