@@ -42,7 +42,45 @@ def _before(mode: str, seed: int) -> TrainConfig:
     return before_issue_15(_current(mode, seed))
 
 
-VARIANTS: dict[str, Callable[[str, int], TrainConfig]] = {"current": _current, "before_issue_15": _before}
+def _no_two_tower(mode: str, seed: int) -> TrainConfig:
+    """The two-tower proposes no candidates (its similarity stays a feature of every candidate)."""
+    config = _current(mode, seed)
+    config.candidates.n_ann = 0
+    return config
+
+
+def _no_two_tower_relative(mode: str, seed: int) -> TrainConfig:
+    config = _no_two_tower(mode, seed)
+    config.candidates.relative_scores = True
+    return config
+
+
+def _relative(mode: str, seed: int) -> TrainConfig:
+    config = _current(mode, seed)
+    config.candidates.relative_scores = True
+    return config
+
+
+def _no_two_tower_relative_grid(mode: str, seed: int) -> TrainConfig:
+    config = _no_two_tower_relative(mode, seed)
+    config.ranker_grid = {"num_leaves": [7, 31], "objective": ["lambdarank", "rank_xendcg"]}
+    return config
+
+
+def _candidate(mode: str, seed: int) -> TrainConfig:
+    """No two-tower candidates, relative scores, the objective chosen on the pipeline's own
+    validation requests, and (daily requests) a week of labels per request."""
+    config = _no_two_tower_relative(mode, seed)
+    config.ranker_grid = {"objective": ["lambdarank", "rank_xendcg"]}
+    config.label_days = 7
+    return config
+
+
+VARIANTS: dict[str, Callable[[str, int], TrainConfig]] = {
+    "current": _current, "before_issue_15": _before, "no_two_tower": _no_two_tower, "relative": _relative,
+    "no_two_tower_relative": _no_two_tower_relative, "no_two_tower_relative_grid": _no_two_tower_relative_grid,
+    "candidate": _candidate,
+}
 
 
 def validation_table(data_dir: Path, work_dir: Path, variants: dict[str, TrainConfig | Callable[[str, int], TrainConfig]],

@@ -58,6 +58,8 @@ class TrainConfig:
     # one per share, labelled by the day's last share of events (see training.datasets.requests).
     request_mode: str = "daily"
     session_label_shares: tuple[float, ...] = (0.2,)
+    # "daily" requests: days of interactions after the request time that label it (1: that day).
+    label_days: int = 1
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
         epochs=8, batch_size=1024, progress=sys.stderr.isatty()))
@@ -142,7 +144,7 @@ def events_frame(events: DataFrame, path: Path, catalog: Catalog) -> pd.DataFram
 def labelled_requests(events: DataFrame, start: date, end: date, config: TrainConfig) -> DataFrame:
     """Training / validation requests of [start, end) in the configured request mode."""
     if config.request_mode == "daily":
-        return req.daily_requests(events, start, end)
+        return req.daily_requests(events, start, end, config.label_days)
     if config.request_mode == "session":
         return req.session_requests(events, start, end, config.session_label_shares)
     raise ValueError(f"request_mode must be 'daily' or 'session', got {config.request_mode!r}")
