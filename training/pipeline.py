@@ -58,6 +58,8 @@ class TrainConfig:
     # one per share, labelled by the day's last share of events (see training.datasets.requests).
     request_mode: str = "daily"
     session_label_shares: tuple[float, ...] = (0.2,)
+    # "daily" requests: days of interactions after the request time that label it (1: that day).
+    label_days: int = 1
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
         epochs=8, batch_size=1024, progress=sys.stderr.isatty()))
@@ -76,6 +78,9 @@ class TrainConfig:
     # After validation has chosen the ranker's rounds, refit it on the training and validation
     # requests together with that many rounds; the bundle ships the refitted ranker.
     refit_ranker: bool = True
+    # With a grid ({RankerConfig field: [values]}), the ranker's settings are chosen on the
+    # validation requests (best early-stopped NDCG@10 there); the trace is in training_stats.json.
+    ranker_grid: dict[str, list] | None = None
     seed: int = 7
 
 
@@ -139,7 +144,7 @@ def events_frame(events: DataFrame, path: Path, catalog: Catalog) -> pd.DataFram
 def labelled_requests(events: DataFrame, start: date, end: date, config: TrainConfig) -> DataFrame:
     """Training / validation requests of [start, end) in the configured request mode."""
     if config.request_mode == "daily":
-        return req.daily_requests(events, start, end)
+        return req.daily_requests(events, start, end, config.label_days)
     if config.request_mode == "session":
         return req.session_requests(events, start, end, config.session_label_shares)
     raise ValueError(f"request_mode must be 'daily' or 'session', got {config.request_mode!r}")
@@ -435,7 +440,10 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start, val_requests)
     train_rows, val_rows = keep_informative(ranker_train), keep_informative(ranker_val)
     spec = fit_feature_spec(train_rows, exclude=(*DEFAULT_EXCLUDE, "item_idx"))  # ids are not features
-    ranker = timer.run("lightgbm lambdarank", lgbm_ranker.train_ranker, train_rows, val_rows, spec, config.ranker)
+    ranker, ranker_selection = timer.run("lightgbm lambdarank", lgbm_ranker.select_ranker, train_rows, val_rows, spec,
+                                         config.ranker, config.ranker_grid)
+    for entry in ranker_selection if config.ranker_grid else ():
+        console.print(f"  ranker grid: {entry}")
     console.print(f"  ranker: {len(train_rows):,} rows, best iteration {ranker.best_iteration}, "
                   f"val ndcg@10 {ranker.best_score:.4f}")
     validated = ranker
@@ -479,7 +487,8 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
              "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration,
-             "als": als_config.to_dict() if als_config is not None else None, "als_selection": als_selection}
+             "als": als_config.to_dict() if als_config is not None else None, "als_selection": als_selection,
+             "ranker_selection": ranker_selection}
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
@@ -509,7 +518,7 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
                             for user, items in lists.items()}
     out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k)))
     for source, (flag, rank) in SOURCE_COLUMNS.items():
-        if flag in rows.columns:  # each source alone: its own candidates in its own order
+        if flag in rows.columns and rows[flag].any():  # each source alone: its own candidates in its own order
             proposed = rows[rows[flag] == 1].assign(_order=lambda r: -r[rank].astype(float))
             out.components[f"source: {source}"] = to_ids(ranked_lists(proposed, "_order", k))
     return out

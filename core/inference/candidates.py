@@ -33,8 +33,13 @@ RETRIEVAL_FEATURES = ["retrieval_score", "retrieval_rank", "trending_score", "tr
                       "covisit_rank", "from_two_tower", "from_trending", "from_covisit"]
 ALS_SOURCE = "als"
 ALS_FEATURES = ["als_score", "als_rank", "from_als"]
+# With `CandidateConfig.relative_scores`: each score against the best one among the request's
+# candidates (similarities as a difference, counts as a share), so a tree split means "close to
+# this request's best" whatever the user's history length or the sources' fitting data.
+RELATIVE_FEATURES = ["retrieval_score_gap", "trending_score_share", "covisit_score_share"]
+ALS_RELATIVE_FEATURES = ["als_score_gap"]
 # Every candidate column a ranker may be trained on (ALS_FEATURES only with an ALS source).
-CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES]
+CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES, *RELATIVE_FEATURES, *ALS_RELATIVE_FEATURES]
 
 
 @dataclass
@@ -44,6 +49,8 @@ class CandidateConfig:
     n_covisit: int = 50
     covisit_seeds: int = 5
     n_als: int = 100  # used only by a generator with an ALS model
+    # Also RELATIVE_FEATURES (and ALS_RELATIVE_FEATURES with ALS): per-request normalised scores.
+    relative_scores: bool = False
 
 
 class UserEncoder(Protocol):
@@ -71,7 +78,10 @@ class CandidateGenerator:
     @property
     def feature_columns(self) -> list[str]:
         """The candidate columns `generate` returns besides position and item_idx."""
-        return CANDIDATE_FEATURES if self.als is not None else RETRIEVAL_FEATURES
+        columns = [*RETRIEVAL_FEATURES, *(ALS_FEATURES if self.als is not None else [])]
+        if self.config.relative_scores:
+            columns += [*RELATIVE_FEATURES, *(ALS_RELATIVE_FEATURES if self.als is not None else [])]
+        return columns
 
     def _limits(self) -> dict[str, int]:
         return {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
@@ -254,6 +264,8 @@ class CandidateGenerator:
         columns["covisit_score"] = _lookup(covisit_items, covisit_sums, items)
         if with_als:
             columns["als_score"] = np.asarray(lists["_als"], dtype=np.float64)[items]
+        if self.config.relative_scores:
+            columns.update(relative_scores(columns, with_als))
         return {column: columns[column] for column in ("position", "item_idx", *self.feature_columns)}
 
     def _trending_scores(self, request_time: int) -> np.ndarray:
@@ -276,6 +288,27 @@ class CandidateGenerator:
             columns, values = rows.indices, rows.data
         items, inverse = np.unique(columns, return_inverse=True)
         return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
+
+
+def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool) -> dict[str, np.ndarray]:
+    """RELATIVE_FEATURES (+ ALS_RELATIVE_FEATURES) of one request's candidate columns: a
+    similarity minus the request's best (<= 0), a count over the request's largest (in [0, 1], 0
+    when no candidate has any)."""
+    def gap(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        return values - values.max() if values.size else values
+
+    def share(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        top = values.max() if values.size else 0.0
+        return values / top if top > 0 else np.zeros_like(values)
+
+    out = {"retrieval_score_gap": gap(columns["retrieval_score"]),
+           "trending_score_share": share(columns["trending_score"]),
+           "covisit_score_share": share(columns["covisit_score"])}
+    if with_als:
+        out["als_score_gap"] = gap(columns["als_score"])
+    return out
 
 
 def _in_sorted(items: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:

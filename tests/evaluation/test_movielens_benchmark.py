@@ -139,3 +139,16 @@ def test_a_models_parts_get_rows_and_paired_lifts_with_cis(bench, fake_ml):
     assert own["ours"] == pytest.approx(1.0) and own["lift"] > 0 and own["lift_ci"][0] > 0
     assert own["share_better"] == 1.0 and own["diff_ci"][0] > 0
     bench.print_tables(results)
+
+
+def test_movielens_configs_per_request_mode_and_before_issue_15():
+    from training.evaluation.two_stage_benchmark import before_issue_15, movielens_train_config
+
+    session, daily = movielens_train_config("session", 3), movielens_train_config("daily", 3)
+    assert (session.candidates.n_ann, session.candidates.relative_scores) == (0, True)
+    assert session.ranker_grid == {"objective": ["lambdarank", "rank_xendcg"]}
+    assert (daily.candidates.n_ann, daily.candidates.relative_scores, daily.ranker_grid) == (200, False, None)
+    assert session.ranker.seed == session.als.seed == 3
+    before = before_issue_15(movielens_train_config("session", 3))
+    assert (before.als, before.source_refit_days, before.refit_ranker) == (None, None, False)
+    assert (before.candidates.n_ann, before.candidates.relative_scores, before.ranker_grid) == (200, False, None)

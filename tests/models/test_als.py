@@ -115,3 +115,63 @@ def test_select_als_keeps_the_grid_point_with_the_best_validation_ndcg():
     best = max(trace, key=lambda t: t["ndcg@10"])
     assert (chosen.factors, chosen.regularization) == (best["params"]["factors"], best["params"]["regularization"])
     assert best["ndcg@10"] > 0.5 and chosen.iterations == 5
+
+
+def test_relative_scores_are_each_score_against_the_requests_best():
+    from core.inference.ann_index import build_index
+    from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+    from core.inference.candidates import (
+        ALS_FEATURES,
+        ALS_RELATIVE_FEATURES,
+        RELATIVE_FEATURES,
+        RETRIEVAL_FEATURES,
+        CandidateConfig,
+        CandidateGenerator,
+        relative_scores,
+    )
+    from core.inference.two_tower import UserFeatures
+
+    n_items = 8
+    emb = np.eye(n_items, 4, dtype=np.float32) + 0.01
+    factors = np.zeros((n_items, 2))
+    factors[:4, 0] = 1.0
+    factors[4:, 1] = [1.0, 0.8, 0.6, 0.4]
+
+    class Encoder:
+        def user_embeddings(self, users):
+            return np.ones((len(users), 4), dtype=np.float32)
+
+    users_ = np.array([0, 0, 1, 1, 2])
+    items_ = np.array([5, 6, 5, 7, 6])
+    trending = TrendingRecommender(n_items).fit(users_, items_, np.arange(5))
+    covisit = CoVisitationRecommender(n_items).fit(users_, items_, np.arange(5))
+    config = CandidateConfig(n_ann=0, n_trending=3, n_covisit=3, n_als=3, relative_scores=True)
+    generator = CandidateGenerator(Encoder(), emb, build_index(emb), np.zeros(n_items, dtype=np.int64), trending,
+                                   covisit, config, als=ALSUserSolver(factors, 0.1, 2.0))
+    users = UserFeatures(user_idx=np.array([0, 1]), history=np.array([[5, n_items], [n_items, n_items]]),
+                         dense=np.zeros((2, 0), dtype=np.float32))
+    frame = generator.generate(users, np.array([100, 100]), [set(), set()])
+    assert list(frame.columns) == ["position", "item_idx", *RETRIEVAL_FEATURES, *ALS_FEATURES, *RELATIVE_FEATURES,
+                                   *ALS_RELATIVE_FEATURES]
+    assert frame.from_two_tower.sum() == 0  # n_ann=0: the two-tower proposes nothing, still scores all
+    for _, request in frame.groupby("position"):
+        np.testing.assert_allclose(request.als_score_gap, request.als_score - request.als_score.max())
+        np.testing.assert_allclose(request.retrieval_score_gap,
+                                   request.retrieval_score - request.retrieval_score.max(), rtol=1e-6)
+        assert request.trending_score_share.max() == 1.0
+        assert request.trending_score_share.idxmax() == request.trending_score.idxmax()
+        top = request.covisit_score.max()
+        expected = request.covisit_score / top if top > 0 else 0.0 * request.covisit_score
+        np.testing.assert_allclose(request.covisit_score_share, expected)
+    # No history: no co-visitation anywhere, every share 0 (not NaN).
+    assert (frame[frame.position == 1].covisit_score_share == 0).all()
+    # Without the flag the columns are the old ones.
+    generator.config = CandidateConfig(n_ann=0, n_trending=3, n_covisit=3, n_als=3)
+    assert list(generator.generate(users, np.array([100, 100])).columns) == [
+        "position", "item_idx", *RETRIEVAL_FEATURES, *ALS_FEATURES]
+    out = relative_scores({"retrieval_score": np.array([0.5, 0.2]), "trending_score": np.array([2.0, 1.0]),
+                           "covisit_score": np.array([0.0, 0.0])}, with_als=False)
+    assert set(out) == set(RELATIVE_FEATURES)
+    np.testing.assert_allclose(out["retrieval_score_gap"], [0.0, -0.3])
+    np.testing.assert_allclose(out["trending_score_share"], [1.0, 0.5])
+    np.testing.assert_array_equal(out["covisit_score_share"], [0.0, 0.0])

@@ -132,3 +132,22 @@ def test_refit_keeps_the_validated_rounds_and_learns_from_the_added_rows(trained
     refitted = ndcg_at_10(test, score(refit.booster, test, refit.spec))
     assert refitted > 0.5 and abs(refitted - validated) < 0.05  # same model class, more data
     assert refit_ranker(both, trained, rounds=3).booster.num_trees() == 3
+
+
+def test_select_ranker_keeps_the_grid_point_with_the_best_validation_score(ranking_splits):
+    from training.ranking.lgbm_ranker import select_ranker
+
+    spec = fit_feature_spec(ranking_splits["train"])
+    base = RankerConfig(num_boost_round=40, early_stopping_rounds=10, num_leaves=7)
+    grid = {"num_leaves": [3, 15], "min_data_in_leaf": [20, 100]}
+    best, trace = select_ranker(ranking_splits["train"], ranking_splits["val"], spec, base, grid)
+    assert [t["params"] for t in trace] == [{"num_leaves": 3, "min_data_in_leaf": 20},
+                                            {"num_leaves": 3, "min_data_in_leaf": 100},
+                                            {"num_leaves": 15, "min_data_in_leaf": 20},
+                                            {"num_leaves": 15, "min_data_in_leaf": 100}]
+    scores = [t["ndcg@10"] for t in trace]
+    chosen = trace[int(np.argmax(scores))]["params"]
+    assert (best.config.num_leaves, best.config.min_data_in_leaf) == (chosen["num_leaves"], chosen["min_data_in_leaf"])
+    assert round(best.best_score, 5) == max(scores)
+    alone, alone_trace = select_ranker(ranking_splits["train"], ranking_splits["val"], spec, base, None)
+    assert alone.config == base and len(alone_trace) == 1 and alone_trace[0]["params"] == {}

@@ -39,3 +39,12 @@ def test_assemble_gathers_request_and_pair_rows_per_candidate():
               "user_daily__ctr_30d": [0.5, 0.5, 0.7], "user_category__category_events_30d": [np.nan, 4.0, 4.0]}
     np.testing.assert_array_equal(matrix, model_array(joined, spec))
     assert matrix[0, 3] == 0.0  # a missing count is 0, as model_array makes it
+
+
+def test_relative_scores_are_candidate_columns():
+    from core.inference.candidates import ALS_RELATIVE_FEATURES, RELATIVE_FEATURES
+
+    columns = [*RELATIVE_FEATURES, *ALS_RELATIVE_FEATURES]
+    plan = MatrixPlan.build(FeatureSpec(columns, [], {}), set(), set(), set())
+    assert plan.blocks[CANDIDATE].spec.columns == columns
+    assert all(len(plan.blocks[kind].positions) == 0 for kind in (ITEM, REQUEST, PAIR))

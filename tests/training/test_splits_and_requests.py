@@ -85,3 +85,17 @@ def test_sampling_keeps_whole_requests_deterministically(events_df):
     assert sorted(a["request_id"]) == sorted(b["request_id"])
     full = rows.toPandas().groupby("request_id").size()
     assert (a.groupby("request_id").size() == full[a["request_id"].unique()]).all()
+
+
+def test_daily_requests_with_a_longer_label_window_stop_at_the_window_end(events_df):
+    rows = req.daily_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), label_days=2).toPandas()
+    labels = {rid: dict(zip(g["item_id"], g["label"])) for rid, g in rows.groupby("request_id")}
+    # Jan 2's request also holds Jan 3's purchase; Jan 3's only its own; user 2's day had one event.
+    assert labels == {"1:20260102": {10: 3, 11: 1, 12: 4}, "1:20260103": {12: 4}, "2:20260101": {10: 2}}
+    assert set(rows.loc[rows.request_id == "1:20260102", "device"]) == {"desktop"}
+    cut = req.daily_requests(events_df, date(2026, 1, 1), date(2026, 1, 3), label_days=2).toPandas()
+    assert sorted(cut.loc[cut.request_id == "1:20260102", "item_id"]) == [10, 11]  # Jan 3 is past the end
+    one_day = req.daily_requests(events_df, date(2026, 1, 1), date(2026, 1, 4)).toPandas()
+    assert sorted(one_day.loc[one_day.request_id == "1:20260102", "item_id"]) == [10, 11]
+    with pytest.raises(ValueError, match="label_days"):
+        req.daily_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), label_days=0)

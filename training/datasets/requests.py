@@ -29,14 +29,26 @@ def graded_label() -> F.Column:
     return gains[F.col("event_type")]
 
 
-def daily_requests(events: DataFrame, start: date, end: date) -> DataFrame:
-    """One request per user and day with interactions in [start, end); label window one day.
+def daily_requests(events: DataFrame, start: date, end: date, label_days: int = 1) -> DataFrame:
+    """One request per user and day with interactions in [start, end), labelled by the user's
+    interactions in the `label_days` days from the request time (never at or after `end`).
 
     Columns: request_id, user_id, event_timestamp (T), device, item_id, label.
     """
+    if label_days < 1:
+        raise ValueError(f"label_days must be at least 1, got {label_days}")
     window_events = events.where(
         (F.col("event_timestamp") >= F.lit(start)) & (F.col("event_timestamp") < F.lit(end))
     ).withColumn("request_day", F.to_date("event_timestamp"))
+    if label_days > 1:
+        days = window_events.select("user_id", "request_day").distinct()
+        later = window_events.withColumnRenamed("request_day", "event_day")
+        window_events = (
+            days.join(later, "user_id")
+            .where((F.col("event_day") >= F.col("request_day"))
+                   & (F.col("event_day") < F.date_add(F.col("request_day"), label_days)))
+            .drop("event_day")
+        )
     return _label(window_events, ["user_id", "request_day"])
 
 

@@ -7,8 +7,9 @@ persisted as LightGBM text (never pickle), which also carries the pandas categor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,31 @@ def train_ranker(
         best_score=float(stopper.best_score),
         feature_importance=feature_importance(booster),
     )
+
+
+def select_ranker(
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    spec: FeatureSpec,
+    base: RankerConfig,
+    grid: Mapping[str, Sequence[Any]] | None,
+) -> tuple[RankerResult, list[dict[str, Any]]]:
+    """`train_ranker` for `base` with each combination of `grid` values ({field: [values]}); the
+    one with the best validation `stopping_metric` (at its early-stopped round) wins, the earlier
+    combination on a tie. Returns it and the trace [{params, score, best_iteration}]. An empty or
+    None grid trains `base` alone."""
+    names = list(grid or {})
+    best: RankerResult | None = None
+    trace: list[dict[str, Any]] = []
+    for values in itertools.product(*((grid or {})[name] for name in names)):
+        params = dict(zip(names, values))
+        result = train_ranker(train_df, val_df, spec, replace(base, **params))
+        trace.append({"params": params, base.stopping_metric: round(result.best_score, 5),
+                      "best_iteration": result.best_iteration})
+        if best is None or result.best_score > best.best_score:
+            best = result
+    assert best is not None
+    return best, trace
 
 
 def refit_ranker(rows: pd.DataFrame, validated: RankerResult, rounds: int | None = None) -> RankerResult:
