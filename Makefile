@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 export REDIS_URL ?= localhost:6379
 export PYTHONHASHSEED := 0
+# Test processes (pytest-xdist): the suite waits on Spark, Redis, subprocesses and servers as much
+# as it computes, so two share two cores well; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install browser demo movielens test test-fast serve bench bench-movielens lock clean doctor feast-ui
 
@@ -54,7 +57,7 @@ feast-ui: install
 
 test: install
 	$(PY) -m training doctor
-	$(PY) -m pytest -q --durations=40 $(ARGS)
+	$(PY) -m pytest -q --durations=40 -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
