@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 export REDIS_URL ?= localhost:6379
 export PYTHONHASHSEED := 0
-# Test processes (pytest-xdist): the suite waits on Spark, Redis, subprocesses and servers as much
-# as it computes, so two share two cores well; TEST_WORKERS=0 runs it in one process.
+# Test processes (pytest-xdist; TEST_WORKERS=0 runs the suite in one process). `--dist loadfile`
+# keeps a module's tests in one process, so a module's world is built once; the session's worlds
+# (tests/conftest.py) are built in each process that needs them. (`--dist loadgroup` would keep
+# every trained-world test together, but pytest-xdist 3.8 cannot group under pytest 9.2: it sets
+# `item._nodeid`, which pytest 9 no longer reads.)
 TEST_WORKERS ?= 2
 
 .PHONY: install browser demo movielens test test-fast serve bench bench-movielens lock clean doctor feast-ui
@@ -57,7 +60,7 @@ feast-ui: install
 
 test: install
 	$(PY) -m training doctor
-	$(PY) -m pytest -q --durations=40 -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q --durations=40 -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -17,18 +17,6 @@ import pytest
 from core.schema import SCHEMAS, write_events_partitioned, write_table_atomic
 from core.settings import Settings
 
-# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) a group runs on one worker, so each
-# expensive world is built once: every test that uses the trained world is in one group, and every
-# other test is grouped with its module (whose module-scoped fixtures it shares).
-TRAINED_WORLD_GROUP = "trained_world"
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        uses_trained_world = "trained_world" in getattr(item, "fixturenames", ())
-        group = TRAINED_WORLD_GROUP if uses_trained_world else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
