@@ -50,16 +50,17 @@ def test_fit_als_puts_co_consumed_items_together():
     assert scores[2:5].min() > scores[5:10].max()
 
 
-@pytest.mark.parametrize("n_als", [3, 0])
-def test_generator_adds_als_source_and_features(n_als):
-    from core.inference.ann_index import build_index
-    from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
-    from core.inference.candidates import ALS_FEATURES, RETRIEVAL_FEATURES, CandidateConfig, CandidateGenerator
-    from core.inference.two_tower import UserFeatures
+N_ITEMS = 8
 
-    n_items = 8
-    emb = np.eye(n_items, 4, dtype=np.float32) + 0.01
-    factors = np.zeros((n_items, 2))
+
+def als_generator(trending, covisit, config):
+    """A candidate generator over 8 items whose ALS factors put items 0-3 on one axis and 4-7 (in
+    falling strength) on the other; every user embedding is the same."""
+    from core.inference.ann_index import build_index
+    from core.inference.candidates import CandidateGenerator
+
+    emb = np.eye(N_ITEMS, 4, dtype=np.float32) + 0.01
+    factors = np.zeros((N_ITEMS, 2))
     factors[:4, 0] = 1.0
     factors[4:, 1] = [1.0, 0.8, 0.6, 0.4]
 
@@ -67,11 +68,21 @@ def test_generator_adds_als_source_and_features(n_als):
         def user_embeddings(self, users):
             return np.ones((len(users), 4), dtype=np.float32)
 
+    return CandidateGenerator(Encoder(), emb, build_index(emb), np.zeros(N_ITEMS, dtype=np.int64), trending,
+                              covisit, config, als=ALSUserSolver(factors, 0.1, 2.0))
+
+
+@pytest.mark.parametrize("n_als", [3, 0])
+def test_generator_adds_als_source_and_features(n_als):
+    from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+    from core.inference.candidates import ALS_FEATURES, RETRIEVAL_FEATURES, CandidateConfig
+    from core.inference.two_tower import UserFeatures
+
+    n_items = N_ITEMS
     trending = TrendingRecommender(n_items).fit(np.zeros(1), np.array([0]), np.array([0]))
     covisit = CoVisitationRecommender(n_items)
     config = CandidateConfig(n_ann=1, n_trending=1, n_covisit=1, n_als=n_als)
-    generator = CandidateGenerator(Encoder(), emb, build_index(emb), np.zeros(n_items, dtype=np.int64), trending,
-                                   covisit, config, als=ALSUserSolver(factors, 0.1, 2.0))
+    generator = als_generator(trending, covisit, config)
     users = UserFeatures(user_idx=np.array([0]), history=np.array([[4, n_items]]),
                          dense=np.zeros((1, 0), dtype=np.float32))
     frame = generator.generate(users, np.array([100]), [{4}])
@@ -118,7 +129,6 @@ def test_select_als_keeps_the_grid_point_with_the_best_validation_ndcg():
 
 
 def test_relative_scores_are_each_score_against_the_requests_best():
-    from core.inference.ann_index import build_index
     from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
     from core.inference.candidates import (
         ALS_FEATURES,
@@ -126,28 +136,17 @@ def test_relative_scores_are_each_score_against_the_requests_best():
         RELATIVE_FEATURES,
         RETRIEVAL_FEATURES,
         CandidateConfig,
-        CandidateGenerator,
         relative_scores,
     )
     from core.inference.two_tower import UserFeatures
 
-    n_items = 8
-    emb = np.eye(n_items, 4, dtype=np.float32) + 0.01
-    factors = np.zeros((n_items, 2))
-    factors[:4, 0] = 1.0
-    factors[4:, 1] = [1.0, 0.8, 0.6, 0.4]
-
-    class Encoder:
-        def user_embeddings(self, users):
-            return np.ones((len(users), 4), dtype=np.float32)
-
+    n_items = N_ITEMS
     users_ = np.array([0, 0, 1, 1, 2])
     items_ = np.array([5, 6, 5, 7, 6])
     trending = TrendingRecommender(n_items).fit(users_, items_, np.arange(5))
     covisit = CoVisitationRecommender(n_items).fit(users_, items_, np.arange(5))
     config = CandidateConfig(n_ann=0, n_trending=3, n_covisit=3, n_als=3, relative_scores=True)
-    generator = CandidateGenerator(Encoder(), emb, build_index(emb), np.zeros(n_items, dtype=np.int64), trending,
-                                   covisit, config, als=ALSUserSolver(factors, 0.1, 2.0))
+    generator = als_generator(trending, covisit, config)
     users = UserFeatures(user_idx=np.array([0, 1]), history=np.array([[5, n_items], [n_items, n_items]]),
                          dense=np.zeros((2, 0), dtype=np.float32))
     frame = generator.generate(users, np.array([100, 100]), [set(), set()])
