@@ -48,7 +48,9 @@ FEAST_INTERNALS: tuple[FeastInternal, ...] = (
                   "feast_ext/online_store.py, feast_ext/online_history.py (hash field names)"),
     FeastInternal("feast.infra.online_stores.helpers", "_redis_key",
                   "feast_ext/online_store.py (first-row check), feast_ext/online_history.py (entity keys)"),
-    FeastInternal("feast.utils", "_convert_arrow_to_proto", "feast_ext/online_store.py (proto fallback, check)"),
+    FeastInternal("feast.utils", "_convert_arrow_to_proto",
+                  "feast_ext/online_store.py (proto fallback, check; given a Table it converts the first "
+                  "record batch only, so it is called per batch)"),
     FeastInternal("feast.infra.online_stores.redis", "RedisOnlineStore._get_client",
                   "feast_ext/online_store.py, serving/features.py (Feast's own Redis client)"),
     FeastInternal("feast.infra.online_stores.redis", "RedisOnlineStore._generate_hset_keys_for_features",

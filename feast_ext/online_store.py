@@ -30,7 +30,6 @@ Select it in feature_store.yaml with `online_store.type: feast_ext.online_store.
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Iterator
 from datetime import timezone
 from typing import Any, Literal
@@ -116,17 +115,6 @@ class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
 
 
 class FastRedisOnlineStore(RedisOnlineStore):
-    # The engine writes one view while another view may be written through Feast's own path; on a
-    # Redis Cluster, concurrent pipelines of Feast's read-timestamps-then-write sequence lost rows
-    # (tests/feast/test_workflow.py, twice in full-suite runs), so cluster writes take turns.
-    _cluster_writes = threading.Lock()
-
-    def online_write_batch(self, config: RepoConfig, table: FeatureView, data, progress) -> None:
-        if config.online_store.redis_type != RedisType.redis_cluster:
-            return super().online_write_batch(config, table, data, progress)
-        with self._cluster_writes:
-            return super().online_write_batch(config, table, data, progress)
-
     def write_arrow(self, config: RepoConfig, table: FeatureView, data: pa.Table) -> int:
         """Write the rows of `data` (join keys, event timestamp, features) as Feast would;
         return how many entity rows were written (older or equal timestamps are skipped)."""
@@ -158,7 +146,9 @@ class FastRedisOnlineStore(RedisOnlineStore):
 
     def _write_with_protos(self, config: RepoConfig, table: FeatureView, data: pa.Table) -> int:
         keys = {e.name: e.dtype.to_value_type() for e in table.entity_columns}
-        rows = _convert_arrow_to_proto(data, table, keys)
+        # batch by batch: given a Table, Feast's conversion reads its first record batch only
+        # (feast_ext/compat.py), and DuckDB returns latest rows in several
+        rows = [row for batch in data.to_batches() for row in _convert_arrow_to_proto(batch, table, keys)]
         self.online_write_batch(config, table, rows, progress=None)
         return len(rows)
 

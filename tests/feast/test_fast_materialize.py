@@ -232,3 +232,32 @@ def test_materialize_incremental_brings_rows_up_to_date(world):
     early = _hashes(repo)
     feast_repo.materialize_incremental(END - timedelta(days=1), repo, env)
     assert _hashes(repo) == _hashes(repos["builtin"]) != early
+
+
+def test_proto_fallback_writes_every_record_batch(world):
+    """The path Redis Cluster writes take (`_write_with_protos`, Feast's own conversion and write)
+    gets a table in many record batches, as DuckDB returns them; Feast's `_convert_arrow_to_proto`
+    reads the first batch only, which once lost rows on the cluster at random."""
+    from feast_ext.online_store import FastRedisOnlineStore, _Layout
+
+    settings, repos, _ = world
+    fast = feast_repo.feature_store(repos["fast"])
+    project = f"protos_{uuid.uuid4().hex[:8]}"
+    config = fast.config.model_copy(update={"project": project})
+    view = fast.get_feature_view("user_daily")
+    latest = pa.Table.from_pandas(_latest(settings, "user_daily"), preserve_index=False)
+    chunked = pa.Table.from_batches(latest.to_batches(max_chunksize=7))
+    assert chunked.num_rows > 100 and len(chunked.to_batches()) > 10
+    try:
+        FastRedisOnlineStore()._write_with_protos(config, view, chunked)  # noqa: SLF001
+        layout = _Layout(config, view)
+        fields = [layout.ts_field, *layout.fields.values()]
+        client = redis_client()
+        written = {key[:-len(project)]: client.hmget(key, fields)
+                   for key in client.scan_iter(match=f"*{project}".encode(), count=10_000)}
+        expected = {key: [row[f] for f in fields] for key, row in _hashes(repos["fast"]).items()
+                    if layout.ts_field in row}
+        assert len(written) == chunked.num_rows
+        assert written == expected
+    finally:
+        feast_repo.delete_online_rows(project)
