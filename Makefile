@@ -7,10 +7,8 @@ INSTALLED := $(VENV)/.installed
 export REDIS_URL ?= localhost:6379
 export PYTHONHASHSEED := 0
 # Test processes (pytest-xdist; TEST_WORKERS=0 runs the suite in one process). `--dist loadfile`
-# keeps a module's tests in one process, so a module's world is built once; the session's worlds
-# (tests/conftest.py) are built in each process that needs them. (`--dist loadgroup` would keep
-# every trained-world test together, but pytest-xdist 3.8 cannot group under pytest 9.2: it sets
-# `item._nodeid`, which pytest 9 no longer reads.)
+# keeps a module's tests in one process, so a module's world is built once; the modules that use the
+# session's trained world run together in one process (tests/conftest.py, TRAINED_WORLD_MODULES).
 TEST_WORKERS ?= 2
 
 .PHONY: install browser demo movielens test test-fast serve bench bench-movielens lock clean doctor feast-ui

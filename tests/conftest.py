@@ -17,6 +17,38 @@ import pytest
 from core.schema import SCHEMAS, write_events_partitioned, write_table_atomic
 from core.settings import Settings
 
+# The modules whose tests use the session's trained world (about three minutes to build). Under
+# `make test` (pytest-xdist, `--dist loadfile`) they run in one process, so the world is built once;
+# every other module is a unit of its own. A module that starts using the world must be listed here:
+# collection fails otherwise (pytest_collection_modifyitems below).
+TRAINED_WORLD_MODULES = ("tests/serving/", "tests/feast/test_feast_ui.py",
+                         "tests/training/test_training_pipeline.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the trained world's modules as one unit. (pytest-xdist's own
+    `--dist loadgroup` cannot group under pytest 9: it marks items through `item._nodeid`, which
+    pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedWorldScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "trained_world" if module.startswith(TRAINED_WORLD_MODULES) else module
+
+    return SharedWorldScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    unlisted = sorted({item.nodeid.split("::")[0] for item in items
+                       if "trained_world" in item.fixturenames and not item.nodeid.startswith(TRAINED_WORLD_MODULES)})
+    if unlisted:
+        raise pytest.UsageError(f"these modules use the trained world but are not in tests/conftest.py's "
+                                f"TRAINED_WORLD_MODULES (they would build it again): {', '.join(unlisted)}")
+
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
