@@ -18,7 +18,14 @@ What it does:
 5. compares with the naive path - the same server with `item_feature_source=online`, i.e. one
    Feast `get_online_features` call for all candidates' item features per request: both servers
    answer `--compare-requests` requests sent one at a time (service time, no queueing, so batching
-   plays no part) and the latency ratio is printed.
+   plays no part) and the latency ratio is printed;
+6. measures the floor in its own process: one request's FAISS search, LightGBM prediction (the
+   mean candidate count of the run) and one pipelined Redis read, the library calls a request
+   cannot avoid, and prints the server's CPU per request as a multiple of it.
+
+`results.json` keeps every run's figures; `headline` holds the ones runs are compared by, under
+stable keys: server_cpu_ms_per_request (at `--rate`), floor_ms, cpu_over_floor, naive_p50_ratio,
+p99_ms_at_rate, errors_at_rate, max_rate_p99_under_50ms, sequential_p99_ms, server_rss_mb.
 
 World (`--world`):
 * `synthetic` (default): the feature tables (one daily snapshot, realistic marginal distributions)
@@ -538,6 +545,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
 def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
     """One client run against `server`; adds the CPU time per answered request that the server
     (all its processes) and the client spent, which shows how far the 2 cores are from saturation."""
@@ -584,6 +602,79 @@ def stage_means(server: Server, since: tuple[dict, dict] | None = None) -> dict[
         sums = {s: v - since[0].get(s, 0.0) for s, v in sums.items()}
         counts = {s: v - since[1].get(s, 0.0) for s, v in counts.items()}
     return {s: round(1000 * sums[s] / counts[s], 2) for s in sums if counts.get(s)}
+
+
+def mean_candidates(server: Server) -> float | None:
+    """Mean candidates scored per recommendation so far (the server's `recsys_candidates`)."""
+    text = urllib.request.urlopen(server.url("/metrics"), timeout=60).read().decode()
+    values = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(("recsys_candidates_sum", "recsys_candidates_count"))}
+    count = values.get("recsys_candidates_count", 0.0)
+    return values["recsys_candidates_sum"] / count if count else None
+
+
+def floor(world: World, n_candidates: int, n_rows: int, repeats: int = 300) -> dict[str, float]:
+    """The library calls one request cannot avoid, timed in this process on one thread as the
+    server runs them (median ms over `repeats`): the FAISS search of one vector for as many
+    neighbours as the candidate generator asks for `n_candidates` (2n + 50: excluded and not yet
+    created items are dropped afterwards), the LightGBM prediction of `n_rows` candidate rows and
+    one pipelined Redis read of a user's features. `floor_ms` is their sum."""
+    import faiss
+
+    from core.bundle import Bundle, resolve_bundle
+    from core.inference import ann_index, ranker
+    from feast_ext import repo as feast_repo
+    from serving.features import USER_KEYS, OnlineFeatures
+
+    faiss.omp_set_num_threads(1)
+    bundle = Bundle.load(resolve_bundle(world.models_dir))
+    rng = np.random.default_rng(0)
+    queries = bundle.item_embeddings[rng.integers(len(bundle.item_embeddings), size=repeats)]
+    matrix = rng.normal(size=(n_rows, bundle.ranker.num_feature()))
+    online = OnlineFeatures(feast_repo.feature_store(world.repo))
+    keys = online.redis_keys(USER_KEYS, [(u,) for u in rng.choice(world.users, size=repeats)], cache=False)
+    fields, client = online.layouts[USER_KEYS].fields, online._client()  # noqa: SLF001
+
+    def redis_read(key: bytes) -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.hmget(key, fields)
+        pipe.execute()
+
+    k = min(2 * n_candidates + 50, bundle.index.ntotal)  # as CandidateGenerator._source_arrays
+    calls = {"faiss_search_ms": lambda i: ann_index.search(bundle.index, queries[i:i + 1], k),
+             "lightgbm_predict_ms": lambda i: ranker.predict_matrix(bundle.ranker, matrix, 1),
+             "redis_read_ms": lambda i: redis_read(keys[i])}
+    out: dict[str, float] = {}
+    for name, call in calls.items():
+        call(0)  # warm-up
+        times = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            call(i)
+            times.append(time.perf_counter() - started)
+        out[name] = round(1000 * float(np.median(times)), 3)
+    out["faiss_k"], out["lightgbm_rows"] = k, n_rows
+    out["floor_ms"] = round(out["faiss_search_ms"] + out["lightgbm_predict_ms"] + out["redis_read_ms"], 3)
+    return out
+
+
+def headline(results: dict) -> dict[str, float | None]:
+    """The figures runs are compared by, under stable keys."""
+    at_rate, best = results["at_rate"], results.get("max_rate_p99_ok")
+    cpu = at_rate.get("server_cpu_ms_per_request")
+    floor_ms = results.get("floor", {}).get("floor_ms")
+    return {
+        "server_cpu_ms_per_request": cpu,
+        "floor_ms": floor_ms,
+        "cpu_over_floor": round(cpu / floor_ms, 2) if cpu and floor_ms else None,
+        "naive_p50_ratio": (results.get("naive_over_cached") or {}).get("p50_ms"),
+        "p99_ms_at_rate": at_rate.get("p99_ms"),
+        "rate": at_rate.get("rate"),
+        "errors_at_rate": at_rate.get("errors"),
+        "max_rate_p99_under_50ms": best["rate"] if best else None,
+        "sequential_p99_ms": results["cached_sequential"].get("p99_ms"),
+        "server_rss_mb": results.get("server_rss_mb"),
+    }
 
 
 def fmt(result: dict) -> str:
@@ -682,6 +773,10 @@ def main() -> None:
                                                                                   args.compare_requests)
             results["cached_sequential"] = cached_low
             log(f"cached path, sequential: {fmt(cached_low)}")
+            results["server_rss_mb"] = round(rss_bytes(server.proc.pid) / 2**20, 1)
+            rows = mean_candidates(server)
+            results["floor"] = floor(world, args.candidates, round(rows) if rows else args.candidates)
+            log(f"floor (in process, one thread): {results['floor']}")
         finally:
             server.stop()
 
@@ -714,6 +809,13 @@ def main() -> None:
             print(f"  naive (Feast get_online_features for all candidates): {fmt(naive_result)}  mean stages "
                   f"{results['naive_stage_means_ms']}")
             print(f"naive / cached latency: {ratio}")
+        results["headline"] = headline(results)
+        if results["headline"]["cpu_over_floor"] is not None:
+            print(f"floor (FAISS search + LightGBM on {results['floor']['lightgbm_rows']} rows + one Redis read): "
+                  f"{results['floor']['floor_ms']} ms {results['floor']}; server CPU per request at "
+                  f"{args.rate:.0f} req/s = {results['headline']['cpu_over_floor']}x the floor")
+        print(f"server RSS after the load: {results['server_rss_mb']} MB")
+        print(f"headline: {json.dumps(results['headline'])}")
         (root / "results.json").write_text(json.dumps(results, indent=2))
         print(f"results: {root / 'results.json'}")
     finally:
