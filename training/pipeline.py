@@ -474,7 +474,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     k_max = max(KS)
     lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
-    lists["two_tower"] = ranked_lists(test_rows[test_rows.from_two_tower == 1], "retrieval_score", k_max)
+    lists.update(source_alone_lists(test_rows, ("two_tower", "als"), k_max))
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
     if ranker is not validated:  # the ranker as validated, before its refit: both are reported
         lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
@@ -517,10 +517,20 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     to_ids = lambda lists: {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist()  # noqa: E731
                             for user, items in lists.items()}
     out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k)))
-    for source, (flag, rank) in SOURCE_COLUMNS.items():
-        if flag in rows.columns and rows[flag].any():  # each source alone: its own candidates in its own order
-            proposed = rows[rows[flag] == 1].assign(_order=lambda r: -r[rank].astype(float))
-            out.components[f"source: {source}"] = to_ids(ranked_lists(proposed, "_order", k))
+    for source, lists in source_alone_lists(rows, tuple(SOURCE_COLUMNS), k).items():
+        out.components[f"source: {source}"] = to_ids(lists)
+    return out
+
+
+def source_alone_lists(rows: pd.DataFrame, sources: tuple[str, ...], k: int) -> dict[str, dict[int, list[int]]]:
+    """Each of `sources` alone: the candidates it proposed among `rows`, in its own order (top-k
+    item_idx per user). A source that proposed nothing (e.g. `n_ann=0`) is left out, not scored 0."""
+    out = {}
+    for source in sources:
+        flag, rank = SOURCE_COLUMNS[source]
+        if flag in rows.columns and rows[flag].any():
+            proposed = rows[rows[flag] == 1].assign(_order=lambda r, rank=rank: -r[rank].astype(float))
+            out[source] = ranked_lists(proposed, "_order", k)
     return out
 
 

@@ -97,7 +97,7 @@ def movielens(
 def run_platform_stages(story, train_stage, name: str, serve: bool = True) -> None:
     """The stages `demo` and `movielens` share, after the raw data is in place, and the summary."""
     from workflows.summary import DemoSummary, print_summary, read_metrics
-    from workflows.traffic import monitor_traffic, serve_traffic
+    from workflows.traffic import monitor_outcome, monitor_traffic, serve_traffic
 
     story.stage("features", lambda: features(start=None, end=None),
                 lambda r: f"{sum(r.rows.values()):,} rows, {len(r.rows)} tables, {r.first_snapshot}..{r.last_snapshot}")
@@ -111,7 +111,7 @@ def run_platform_stages(story, train_stage, name: str, serve: bool = True) -> No
                               lambda t: f"{t.counts['requests']} requests, {t.counts['events']} events, "
                                         f"{t.counts['errors']} errors")
         reports = story.stage("monitor", lambda: monitor_traffic(traffic),
-                              lambda r: f"drift exit code {r.drift_exit_code}, A/B exit code {r.ab_exit_code}")
+                              monitor_outcome)
         summary.latencies_ms, summary.user_pages = traffic.latencies_ms, traffic.user_pages
         summary.reports.update({"drift report": reports.drift if reports.drift.is_file() else None,
                                 "A/B report": reports.ab if reports.ab.is_file() else None})

@@ -184,6 +184,15 @@ def write_reports(serving: ServingSettings, log_dir: Path, clock: DemoClock, exp
     return DemoReports(out_dir / "drift" / "drift_report.html", drift, out_dir / "ab" / "ab_report.html", ab)
 
 
+def monitor_outcome(reports: DemoReports) -> str:
+    """The monitor stage's line: what each gate said (exit 1 is the gate's verdict, not a crash)."""
+    drift = {0: "no drift above the threshold", 1: "drift above the threshold (gate exit 1)"}.get(
+        reports.drift_exit_code, f"drift check failed (exit {reports.drift_exit_code})")
+    ab = {0: "A/B report written", 1: "A/B sample-ratio mismatch (gate exit 1)"}.get(
+        reports.ab_exit_code, f"A/B report failed (exit {reports.ab_exit_code})")
+    return f"{drift}; {ab}"
+
+
 def print_reports(reports: DemoReports) -> None:
     for name, path, code in (("drift report", reports.drift, reports.drift_exit_code),
                              ("A/B report", reports.ab, reports.ab_exit_code)):

@@ -46,7 +46,7 @@ def test_two_stage_beats_popularity_and_report_is_written(trained):
     bundle, _, settings, *_ = trained
     report_dir = settings.reports_dir / "training" / bundle.name
     metrics = json.loads((report_dir / "metrics.json").read_text())
-    for name in ("popularity", "trending", "covisitation", "bpr_mf", "two_tower", "two_stage"):
+    for name in ("popularity", "trending", "covisitation", "bpr_mf", "two_tower", "als", "two_stage"):
         assert {"ndcg@10", "recall@10", "map@10", "mrr@10", "hitrate@50", "coverage@10"} <= set(metrics[name])
     assert metrics["two_stage"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
     assert "<img" in (report_dir / "report.html").read_text()

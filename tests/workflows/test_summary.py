@@ -32,10 +32,10 @@ def test_the_summary_shows_every_model_the_latency_a_users_history_next_to_the_l
                               {"training report": Path("reports/training/v/report.html"), "drift report": None},
                               {"explorer": "http://127.0.0.1:8000/ui/"}))
     lines = text.splitlines()
-    table_rows = [line for line in lines if line.strip().startswith("│ ") and "0." in line]
-    assert [row.split()[1] for row in table_rows[:3]] == ["two_stage", "covisitation", "popularity"]
+    models = [line.split()[0] for line in lines if line.split() and line.split()[0] in METRICS]
+    assert models == ["two_stage", "covisitation", "popularity"]
     assert "0.1500" in text and "0.6000" in text
-    assert "vs best baseline covisitation 0.1200: +25.0%" in text
+    assert "vs the best source or baseline, covisitation 0.1200: +25.0%" in text
     assert "p50 10.0 ms" in text and "p99" in text
     kettle_row = next(line for line in lines if "Blue Kettle" in line)
     assert "Red Kettle" in kettle_row and "covisit" in kettle_row and "1.23" in kettle_row
@@ -47,3 +47,26 @@ def test_the_summary_shows_every_model_the_latency_a_users_history_next_to_the_l
 def test_lines_without_data_say_so():
     assert latency_line([]) == "no requests were timed"
     assert lift_line({"popularity": {"ndcg@10": 0.1}}) == "no two-stage metrics found"
+
+
+def test_the_metrics_table_fits_80_columns_with_every_name_whole():
+    metrics = {**METRICS, "two_stage_before_refit": METRICS["two_stage"], "als": METRICS["covisitation"]}
+    console = Console(record=True, width=80, force_terminal=False)
+    print_summary(console, DemoSummary(metrics))
+    lines = console.export_text().splitlines()
+    rows = [line.split()[0] for line in lines if line.split() and (line.split()[0] in metrics or "↳" in line)]
+    assert rows == ["two_stage", "↳", "covisitation", "als", "popularity"]
+    assert any(line.split()[:4] == ["↳", "before", "refit", "0.1500"] for line in lines)
+    header = next(line for line in lines if "NDCG" in line)
+    assert header.split() == ["model", "NDCG", "recall", "hit", "rate", "MAP", "coverage"]
+
+
+def test_the_monitor_stage_says_what_each_gate_decided():
+    from workflows.traffic import DemoReports, monitor_outcome
+
+    def line(drift: int, ab: int) -> str:
+        return monitor_outcome(DemoReports(Path("d.html"), drift, Path("a.html"), ab))
+
+    assert line(0, 0) == "no drift above the threshold; A/B report written"
+    assert line(1, 0) == "drift above the threshold (gate exit 1); A/B report written"
+    assert line(2, 1) == "drift check failed (exit 2); A/B sample-ratio mismatch (gate exit 1)"
