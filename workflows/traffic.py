@@ -186,7 +186,7 @@ def write_reports(serving: ServingSettings, log_dir: Path, clock: DemoClock, exp
 
 def monitor_outcome(reports: DemoReports) -> str:
     """The monitor stage's line: what each gate said (exit 1 is the gate's verdict, not a crash)."""
-    drift = {0: "no drift above the threshold", 1: "drift above the threshold (gate exit 1)"}.get(
+    drift = {0: "no drift", 1: "drift found (gate exit 1)"}.get(
         reports.drift_exit_code, f"drift check failed (exit {reports.drift_exit_code})")
     ab = {0: "A/B report written", 1: "A/B sample-ratio mismatch (gate exit 1)"}.get(
         reports.ab_exit_code, f"A/B report failed (exit {reports.ab_exit_code})")

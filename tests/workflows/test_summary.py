@@ -67,6 +67,6 @@ def test_the_monitor_stage_says_what_each_gate_decided():
     def line(drift: int, ab: int) -> str:
         return monitor_outcome(DemoReports(Path("d.html"), drift, Path("a.html"), ab))
 
-    assert line(0, 0) == "no drift above the threshold; A/B report written"
-    assert line(1, 0) == "drift above the threshold (gate exit 1); A/B report written"
+    assert line(0, 0) == "no drift; A/B report written"
+    assert line(1, 0) == "drift found (gate exit 1); A/B report written"
     assert line(2, 1) == "drift check failed (exit 2); A/B sample-ratio mismatch (gate exit 1)"
