@@ -3,7 +3,12 @@
 from feast import FeatureService
 
 from feature_repo.feature_views import (
-    item_daily, item_profile, user_category, user_daily, user_profile, user_recent_history,
+    item_daily,
+    item_profile,
+    user_category,
+    user_daily,
+    user_profile,
+    user_recent_history,
 )
 
 ranking = FeatureService(

@@ -6,8 +6,8 @@ import torch
 
 from core.inference.two_tower import UserTower
 from training.retrieval.two_tower import (
-    ItemFeatures,
     Interactions,
+    ItemFeatures,
     TwoTowerConfig,
     TwoTowerModel,
     UserFeatures,

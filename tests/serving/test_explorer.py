@@ -10,8 +10,15 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from serving.explorer import (LiveFigures, explain, histogram_quantile, latest_reports, report_file, user_page,
-                              with_titles)
+from serving.explorer import (
+    LiveFigures,
+    explain,
+    histogram_quantile,
+    latest_reports,
+    report_file,
+    user_page,
+    with_titles,
+)
 from serving.metrics import ServingMetrics
 from serving.recommender import Recommendation
 

@@ -4,11 +4,11 @@ failures that stay with the request that causes them, no secret in any answer or
 
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
 
 import httpx
 import pandas as pd

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from serving.rules import (
-    RuleConfig, apply_rules, by_score, category_cap, category_similarity, dedup_best, embedding_similarity,
-    freshness_boost, mmr, not_seen,
+    RuleConfig,
+    apply_rules,
+    by_score,
+    category_cap,
+    category_similarity,
+    dedup_best,
+    embedding_similarity,
+    freshness_boost,
+    mmr,
+    not_seen,
 )
 
 NONE = RuleConfig(exclude_seen=False, dedup=False, diversity="none", freshness_boost=0.0)
