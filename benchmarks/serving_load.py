@@ -526,17 +526,23 @@ def drain(port: int, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its descendants so far."""
+def process_tree(pid: int) -> list:
+    """A process and all its descendants (psutil), empty once it is gone."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants so far."""
+    import psutil
+
     total = 0.0
-    for process in processes:
+    for process in process_tree(pid):
         try:
             times = process.cpu_times()
             total += times.user + times.system
@@ -549,11 +555,13 @@ def rss_bytes(pid: int) -> int:
     """Resident memory of a process and all its descendants."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-    except psutil.NoSuchProcess:
-        return 0
+    total = 0
+    for process in process_tree(pid):
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
@@ -582,8 +590,12 @@ def sequential(server: Server, users_file: Path, n: int) -> tuple[dict, dict[str
     return result, stage_means(server, before)
 
 
+def metrics_text(server: Server) -> str:
+    return urllib.request.urlopen(server.url("/metrics"), timeout=60).read().decode()
+
+
 def stage_sums(server: Server) -> tuple[dict[str, float], dict[str, float]]:
-    text = urllib.request.urlopen(server.url("/metrics"), timeout=60).read().decode()
+    text = metrics_text(server)
     sums, counts = {}, {}
     for line in text.splitlines():
         if line.startswith("recsys_stage_duration_seconds_sum"):
@@ -606,7 +618,7 @@ def stage_means(server: Server, since: tuple[dict, dict] | None = None) -> dict[
 
 def mean_candidates(server: Server) -> float | None:
     """Mean candidates scored per recommendation so far (the server's `recsys_candidates`)."""
-    text = urllib.request.urlopen(server.url("/metrics"), timeout=60).read().decode()
+    text = metrics_text(server)
     values = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith(("recsys_candidates_sum", "recsys_candidates_count"))}
     count = values.get("recsys_candidates_count", 0.0)

@@ -44,14 +44,17 @@ def feast_env(command: str, env: dict[str, str] | None = None) -> dict[str, str]
     return merged
 
 
-def run_feast(*args: str, repo_path: Path | None = None, env: dict[str, str] | None = None) -> str:
+def run_feast(*args: str, repo_path: Path | None = None, env: dict[str, str] | None = None,
+              log_level: str | None = None) -> str:
+    """`feast <args>`; its stdout, and with `log_level` (e.g. "INFO") its log (stderr) after it."""
     repo_path = repo_path or get_settings().repo_root
-    command = [feast_executable(), "-c", str(repo_path), *args]
+    level = ["--log-level", log_level] if log_level else []
+    command = [feast_executable(), "-c", str(repo_path), *level, *args]
     proc = subprocess.run(command, capture_output=True, text=True, env=feast_env(args[0], env), cwd=repo_path)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise FeastCommandError(f"`feast {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
-    return proc.stdout
+    return proc.stdout + (proc.stderr if log_level else "")
 
 
 def apply(repo_path: Path | None = None, env: dict[str, str] | None = None, checked: bool = True) -> str:
@@ -63,9 +66,9 @@ def apply(repo_path: Path | None = None, env: dict[str, str] | None = None, chec
 
 
 def materialize(start: datetime, end: datetime, repo_path: Path | None = None,
-                env: dict[str, str] | None = None) -> str:
+                env: dict[str, str] | None = None, log_level: str | None = None) -> str:
     return run_feast("materialize", start.strftime(FEAST_TIME_FORMAT), end.strftime(FEAST_TIME_FORMAT),
-                     repo_path=repo_path, env=env)
+                     repo_path=repo_path, env=env, log_level=log_level)
 
 
 def materialize_incremental(end: datetime, repo_path: Path | None = None,
