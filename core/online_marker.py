@@ -7,11 +7,19 @@ lost, `/readyz` 503); `python -m training restore-online` re-materializes and wr
 
 The key ends with the project name, as Feast's own keys do, so `feast teardown` (and
 `feast_repo.delete_online_rows`) removes it with the project's rows.
+
+Write tokens: the project's online store (`feast_ext.online_store.FastRedisOnlineStore`) sets a
+fresh random token per feature view after every write to it (materialization, push,
+`write_to_online_store`). A reader that keeps a copy of a view's rows (serving's item cache)
+compares the token with the one it saw at its last full read: unchanged, nothing was written since,
+so it need not re-read 100k write stamps to find out. A missing token (Feast's built-in store, or
+an emptied Redis) means "unknown": the reader reads the stamps.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,6 +30,14 @@ RESTORE_COMMAND = "python -m training restore-online"
 
 def marker_key(project: str) -> bytes:
     return f"recsys:online_materialized:{project}".encode()
+
+
+def write_token_key(project: str, view: str) -> bytes:
+    return f"recsys:online_writes:{view}:{project}".encode()
+
+
+def new_write_token() -> str:
+    return uuid.uuid4().hex
 
 
 def write_marker(client: redis.Redis, project: str, **info: Any) -> None:

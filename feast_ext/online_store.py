@@ -23,7 +23,10 @@ store) into exactly the same Redis hashes, faster:
 
 The first row of every batch is checked against Feast's own key and value serialization, so a
 change of encoding in a Feast upgrade fails loudly instead of writing unreadable rows.
-Everything else (reads, pushes through `online_write_batch`, teardown) is the built-in store's.
+Every write (this path, and pushes through the built-in `online_write_batch`) ends by setting the
+view's write token (`core.online_marker.write_token_key`), which tells readers that keep a copy of
+a view whether anything was written since they read it. Everything else (reads, teardown) is the
+built-in store's.
 Select it in feature_store.yaml with `online_store.type: feast_ext.online_store.FastRedisOnlineStore`.
 """
 
@@ -38,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from core.online_marker import new_write_token, write_token_key
 from feast_ext.compat import check_feast
 
 check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
@@ -142,7 +146,23 @@ class FastRedisOnlineStore(RedisOnlineStore):
             raise
         finally:
             client.connection_pool.release(conn)
+        self._note_write(config, table)
         return written
+
+    def online_write_batch(self, config: RepoConfig, table: FeatureView, data: list, progress: Any) -> None:
+        super().online_write_batch(config, table, data, progress)
+        self._note_write(config, table)
+
+    async def online_write_batch_async(self, config: RepoConfig, table: FeatureView, data: list,
+                                       progress: Any) -> None:
+        await super().online_write_batch_async(config, table, data, progress)
+        client = await self._get_client_async(config.online_store)
+        await client.set(write_token_key(config.project, table.name), new_write_token())
+
+    def _note_write(self, config: RepoConfig, table: FeatureView) -> None:
+        """A fresh write token for `table` (after the rows: a reader that sees the new token
+        then reads the new rows)."""
+        self._get_client(config.online_store).set(write_token_key(config.project, table.name), new_write_token())
 
     def _write_with_protos(self, config: RepoConfig, table: FeatureView, data: pa.Table) -> int:
         keys = {e.name: e.dtype.to_value_type() for e in table.entity_columns}

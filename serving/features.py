@@ -27,11 +27,17 @@ old snapshot used, with the response flagged `degraded`. A refresh does not re-d
 every period: it reads the per-entity write timestamps Feast keeps in each Redis hash
 (`_ts:<view>`, updated on every write, and Feast never overwrites a value without a newer
 timestamp) in one pipelined HMGET, and re-reads only the items whose timestamps changed (after a
-daily materialization: all of them; between materializations: none).
+daily materialization: all of them; between materializations: none). Reading 100k stamps costs a
+worker ~1 s of CPU, so a refresh first reads the item views' write tokens
+(`core.online_marker.write_token_key`, set by the project's online store after every write): when
+they equal the ones seen before the last sweep, nothing was written since, and the snapshot is
+renewed as is. A missing token (Feast's built-in store) means a sweep, and so does
+`item_cache_full_sweep_s` passing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -48,7 +54,7 @@ import pandas as pd
 import redis
 import yaml
 from feast import FeatureStore
-from feast.infra.online_stores.redis import _versioned_fv_name
+from feast.infra.online_stores.redis import RedisClient, RedisType, _versioned_fv_name
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
@@ -61,7 +67,9 @@ from redis.retry import Retry
 
 from core.contracts import RANKING_SERVICE, RETRIEVAL_SERVICE, service_features
 from core.loops import PeriodicTask
+from core.online_marker import write_token_key
 from core.settings import apply_environment_defaults
+from feast_ext.redis_reads import EntityKeyEncoder, frame_fields, hmget_many
 from serving.redact import get_logger, redact
 from serving.settings import ServingSettings
 
@@ -76,6 +84,11 @@ _NUMERIC_TYPES = (Int32, Int64, Float32, Float64, Bool)
 STAMP_BATCH = 250  # keys per pipelined HMGET of write stamps
 REDIS_KEY_CACHE_SIZE = 200_000  # entity keys kept serialized (OnlineFeatures.redis_keys)
 MAX_DERIVED = 8  # tables kept per snapshot (one per bundle in service, see ItemSnapshot.derive)
+DECODE_MEMO_SIZE = 50_000  # distinct raw values remembered per column
+# Decoded to immutable Python values (lists, e.g. the recent history, are not shared between reads).
+_MEMO_TYPES = frozenset({ValueType.INT32, ValueType.INT64, ValueType.FLOAT, ValueType.DOUBLE, ValueType.BOOL,
+                         ValueType.STRING, ValueType.UNIX_TIMESTAMP})
+_UNSEEN = object()
 
 
 class OnlineStoreUnavailable(RuntimeError):
@@ -116,12 +129,33 @@ class HashLayout:
     columns: list[str]
     fields: list[bytes | str]
     types: list[ValueType]
+    key_types: tuple[ValueType, ...] = ()  # of `join_keys`
+    framed: bytes = field(init=False, repr=False)  # `fields` as HMGET arguments (feast_ext.redis_reads)
+    # raw scalar value -> decoded value, per column: counts and categories repeat a lot
+    _memo: list[dict[bytes, Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "framed", frame_fields(self.fields))
+        object.__setattr__(self, "_memo", [{} for _ in self.columns])
 
     def decode(self, reply: Sequence[bytes | None]) -> dict[str, Any]:
         """One HMGET reply -> {column: value}, as `get_online_features(...).to_dict()` gives it
-        (a missing field, or a missing hash, is None)."""
-        return {column: None if raw is None else feast_value_type_to_python_type(ValueProto.FromString(raw), vtype)
-                for column, raw, vtype in zip(self.columns, reply, self.types)}
+        (a missing field, or a missing hash, is None). Each value is decoded by Feast's own
+        `feast_value_type_to_python_type`; scalars are remembered by their raw bytes."""
+        out = {}
+        for column, raw, vtype, memo in zip(self.columns, reply, self.types, self._memo):
+            if raw is None:
+                out[column] = None
+                continue
+            value = memo.get(raw, _UNSEEN)
+            if value is _UNSEEN:
+                value = feast_value_type_to_python_type(ValueProto.FromString(raw), vtype)
+                if vtype in _MEMO_TYPES:
+                    if len(memo) >= DECODE_MEMO_SIZE:
+                        memo.clear()
+                    memo[raw] = value
+            out[column] = value
+        return out
 
 
 class OnlineFeatures:
@@ -149,9 +183,27 @@ class OnlineFeatures:
         self.refs_by_keys = {USER_KEYS: self.user_refs, ITEM_KEYS: self.item_refs,
                              USER_CATEGORY_KEYS: self.user_category_refs}
         self.layouts = {keys: self._layout(keys, refs) for keys, refs in self.refs_by_keys.items()}
-        # Serializing an entity key costs ~30 us; the same users and (user, category) pairs come back.
+        # Serializing an entity key through Feast costs ~30 us; the same users and pairs come back.
         self._redis_key = lru_cache(maxsize=REDIS_KEY_CACHE_SIZE)(self._redis_key_uncached)
+        self._encoders = {keys: self._encoder(layout) for keys, layout in self.layouts.items()}
+        self.direct_hmget = self._single_node()
         self._fail_fast()
+
+    def _encoder(self, layout: HashLayout) -> EntityKeyEncoder | None:
+        """Fast Redis keys for this kind of entity; None (Feast's serialization) for key types
+        the encoder does not know, or when the layout has no entity columns to learn them from."""
+        if len(layout.key_types) != len(layout.join_keys):
+            return None
+        try:
+            return EntityKeyEncoder(layout.join_keys, layout.key_types, self.store.config.project)
+        except ValueError:
+            return None
+
+    def _single_node(self) -> bool:
+        """Whether reads can go as one framed write to one Redis (not a cluster, not GLIDE)."""
+        config = self.store.config.online_store
+        return (getattr(config, "redis_type", None) == RedisType.redis
+                and getattr(config, "client", RedisClient.redis) == RedisClient.redis)
 
     def _layout(self, join_keys: tuple[str, ...], refs: list[str]) -> HashLayout:
         """Field names from Feast's own Redis store function, per view (views may be versioned)."""
@@ -164,7 +216,9 @@ class OnlineFeatures:
                 view, [feature], fv_name_override=_versioned_fv_name(view, self.store.config))
             fields.append(hset_keys[0])  # [field, "_ts:<view>"]
             types.append(next(f.dtype.to_value_type() for f in view.features if f.name == feature))
-        return HashLayout(join_keys, self._columns(refs), fields, types)
+            key_types = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+        return HashLayout(join_keys, self._columns(refs), fields, types,
+                          tuple(key_types[k] for k in join_keys) if refs and set(join_keys) <= set(key_types) else ())
 
     def _fail_fast(self) -> None:
         """redis-py retries a failed command 3 times with exponential backoff (seconds) by default;
@@ -207,8 +261,12 @@ class OnlineFeatures:
             return self._read_via_feast(join_keys, entities, layout.columns)
         keys = self.redis_keys(join_keys, entities)
         try:
-            replies = self._online_store()._read_hash_fields(  # noqa: SLF001
-                self.store.config, [(key, layout.fields) for key in keys])
+            if self.direct_hmget:
+                n = len(layout.fields)
+                replies = hmget_many(self._client(), [(key, layout.framed, n) for key in keys])
+            else:
+                replies = self._online_store()._read_hash_fields(  # noqa: SLF001
+                    self.store.config, [(key, layout.fields) for key in keys])
         except Exception as error:  # noqa: BLE001 - classify below
             if _is_store_failure(error):
                 raise OnlineStoreUnavailable(f"online store unreachable: {type(error).__name__}: {error}") from error
@@ -279,6 +337,9 @@ class OnlineFeatures:
         if isinstance(join_keys, str):
             join_keys, entities = (join_keys,), [(value,) for value in entities]
         join_keys = tuple(join_keys)
+        encoder = self._encoders.get(join_keys)
+        if encoder is not None:
+            return [encoder.key(entity) for entity in entities]
         key = self._redis_key if cache else self._redis_key_uncached
         return [key(join_keys, tuple(entity)) for entity in entities]
 
@@ -305,6 +366,18 @@ class OnlineFeatures:
                 raise OnlineStoreUnavailable(f"online store unreachable: {error}") from error
             raise
         return out
+
+    def write_tokens(self, views: Sequence[str]) -> tuple[bytes, ...] | None:
+        """The views' current write tokens (`core.online_marker`), None when any is missing."""
+        project = self.store.config.project
+        try:
+            client = self._client()
+            tokens = tuple(client.get(write_token_key(project, view)) for view in views)
+        except Exception as error:  # noqa: BLE001
+            if _is_store_failure(error):
+                raise OnlineStoreUnavailable(f"online store unreachable: {error}") from error
+            raise
+        return None if any(t is None for t in tokens) else tokens
 
     @property
     def item_views(self) -> list[str]:
@@ -335,6 +408,9 @@ class ItemSnapshot:
     stamps: list[tuple]
     fetched_at: float
     keys: list[bytes] = field(repr=False, default_factory=list)  # Redis keys of item_ids (reused)
+    # The item views' write tokens read just before the stamps were (None: unknown), and when.
+    tokens: tuple[bytes, ...] | None = None
+    swept_at: float = 0.0
     # Tables computed from `columns` (e.g. a bundle's ranker item block, see `derive`); a refresh
     # that changes no item hands them on to the next snapshot.
     derived: dict[Any, Any] = field(repr=False, default_factory=dict)
@@ -383,6 +459,7 @@ class ItemFeatureCache:
                  on_refresh: Callable[[str, float], None] | None = None) -> None:
         self.online = online
         self.refresh_s = settings.item_cache_refresh_s
+        self.full_sweep_s = settings.item_cache_full_sweep_s
         self.max_staleness_s = settings.item_cache_max_staleness_s
         self.batch_size = settings.item_cache_batch_size
         self.pause_s = settings.item_cache_pause_s
@@ -416,8 +493,10 @@ class ItemFeatureCache:
         with self._lock:
             started = time.time()
             keys = self.online.redis_keys("item_id", item_ids, cache=False)
+            tokens = self.online.write_tokens(self.online.item_views)
             stamps = self.online.write_stamps(self.online.item_views, keys, STAMP_BATCH, self.pause_s)
-            snapshot = ItemSnapshot(item_ids, self._fetch(item_ids), stamps, started, keys)
+            snapshot = ItemSnapshot(item_ids, self._fetch(item_ids), stamps, started, keys, tokens=tokens,
+                                    swept_at=started)
             self._install(snapshot)
             self.last_error = None
             return snapshot
@@ -459,6 +538,11 @@ class ItemFeatureCache:
             if snapshot is None:
                 return 0
             started = time.time()
+            tokens = self.online.write_tokens(self.online.item_views)
+            if self._unchanged_since_sweep(snapshot, tokens, started):
+                self._install(dataclasses.replace(snapshot, fetched_at=started))
+                self.last_error = None
+                return 0
             batches = max(1, -(-len(snapshot.keys) // STAMP_BATCH))
             pause = max(self.pause_s, spread_s / batches) if batches > 1 else 0.0
             stamps = self.online.write_stamps(self.online.item_views, snapshot.keys, STAMP_BATCH, pause)
@@ -470,9 +554,16 @@ class ItemFeatureCache:
                 for col, values in fresh.items():
                     columns[col][changed] = values
             derived = snapshot.derived if not changed.size else {}
-            self._install(ItemSnapshot(snapshot.item_ids, columns, stamps, started, snapshot.keys, derived))
+            self._install(ItemSnapshot(snapshot.item_ids, columns, stamps, started, snapshot.keys, derived=derived,
+                                       tokens=tokens, swept_at=started))
             self.last_error = None
             return int(changed.size)
+
+    def _unchanged_since_sweep(self, snapshot: ItemSnapshot, tokens: tuple[bytes, ...] | None, now: float) -> bool:
+        """Nothing written to the item views since `snapshot`'s stamps were read (the tokens read
+        before that sweep are still there), and its last sweep is recent enough."""
+        return (tokens is not None and tokens == snapshot.tokens
+                and now - snapshot.swept_at < self.full_sweep_s)
 
     def _refresh_round(self) -> None:
         """A sweep every refresh_s (from start to start), spread over half of it: the snapshot in

@@ -130,6 +130,9 @@ class ServingSettings(BaseSettings):
                                         "(each sweep is spread over half of it)")
     item_cache_max_staleness_s: float = Field(60.0, gt=0, description="older snapshots are not used "
                                               "while the online store answers (direct reads instead)")
+    item_cache_full_sweep_s: float = Field(600.0, gt=0, description="a refresh reads every item's write "
+                                           "stamps at least this often, even when the views' write tokens "
+                                           "say nothing was written")
     item_cache_batch_size: int = Field(250, ge=1, description="items per Feast read of a refresh")
     item_cache_pause_s: float = Field(0.002, ge=0, description="pause between refresh batches, so "
                                       "request threads are not starved of the GIL")

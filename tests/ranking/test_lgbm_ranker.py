@@ -102,6 +102,10 @@ def test_scoring_from_arrays_equals_the_pandas_categorical_path(trained, ranking
     columns = {c: test[c].to_numpy() for c in test.columns}  # serving passes arrays, not a frame
     columns["device"] = test["device"].astype(object).to_numpy()
     np.testing.assert_array_equal(score(trained.booster, columns, trained.spec), expected)
+    # serving's request times are a DatetimeIndex (hour and weekday from the epoch, not pandas)
+    for zone in ("UTC", "Asia/Kolkata"):
+        columns["event_timestamp"] = pd.DatetimeIndex(test["event_timestamp"]).tz_convert(zone)
+        np.testing.assert_array_equal(score(trained.booster, columns, trained.spec), expected)
     matrix = to_model_matrix(test, trained.spec)
     codes = model_array(test, trained.spec)
     for j, column in enumerate(trained.spec.columns):

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from core.bundle import new_version, write_bundle
 from core.inference import ranker
 from core.inference.candidates import ALS_SOURCE, SOURCES
+from core.online_marker import write_token_key
 from serving.app import create_app
 from serving.features import ItemFeatureCache
 
@@ -326,19 +327,44 @@ def test_item_cache_holds_exactly_the_online_values_and_refreshes_changed_items(
     assert set(cached) == set(direct)
     for column in direct:
         assert _same_arrays(cached[column], direct[column]), column
+    sweeps = []
+    read_stamps = online.write_stamps
+    monkeypatch.setattr(online, "write_stamps", lambda *a, **kw: sweeps.append(1) or read_stamps(*a, **kw))
     assert refresh() == 0  # nothing written since: nothing re-read
 
-    # Rewrite two items' rows (same values, newer write time): exactly those are re-read.
+    # The write tokens say nothing was written since the last sweep: no stamp is read, and the
+    # snapshot (the same columns and derived tables) counts as fresh again.
+    assert cache.snapshot.tokens is not None
+    before = cache.snapshot
+    assert refresh() == 0 and not sweeps
+    assert cache.snapshot.fetched_at > before.fetched_at and cache.snapshot.columns is before.columns
+    assert cache.snapshot.derived is before.derived
+
+    # Rewrite two items' rows (same values, newer write time): the token changes, the stamps are
+    # read, and exactly those items are re-read.
     store = world.store()
     rows = store.get_online_features(features=[r for r in online.item_refs if r.startswith("item_daily:")],
                                      entity_rows=[{"item_id": int(i)} for i in ids[:2]]).to_df()
     rows["event_timestamp"] = pd.Timestamp.now(tz="UTC")
     store.write_to_online_store("item_daily", rows)
     before = cache.snapshot.fetched_at
-    assert refresh() == 2
+    assert refresh() == 2 and sweeps
     assert cache.snapshot.fetched_at > before
     for column, values in online.items(ids[:2]).items():
         assert _same_arrays(cache.snapshot.take(ids[:2])[column], values)
+
+    # Without a token (Feast's built-in store writes none), or once the full-sweep period has
+    # passed, every refresh reads the stamps.
+    sweeps.clear()
+    assert refresh() == 0 and not sweeps
+    monkeypatch.setattr(cache, "full_sweep_s", 0.0)
+    assert refresh() == 0 and len(sweeps) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(cache, "refresh", lambda spread_s=0.0: 0)
+    monkeypatch.setattr(online, "write_stamps", lambda *a, **kw: sweeps.append(1) or read_stamps(*a, **kw))
+    online._client().delete(write_token_key(store.config.project, "item_daily"))
+    assert refresh() == 0 and len(sweeps) == 2
+    assert cache.snapshot.tokens is None
 
 
 def test_a_stale_item_cache_is_bypassed(services, warm_users, world, monkeypatch):
