@@ -173,51 +173,32 @@ class CandidateGenerator:
             keep &= ~_in_sorted(items, blocked)
         return keep
 
-    def _first_allowed(self, top: np.ndarray, top_scores: np.ndarray, tied_beyond: bool, request_time: int,
-                       blocked: np.ndarray, limit: int) -> np.ndarray | None:
-        """`ranked(top)`: the allowed items of `top` (best first) with a positive score, at most
-        `limit`; None when that depends on which items of the cut-off tie group `_top` would keep."""
+    def _first_allowed(self, top: np.ndarray, top_scores: np.ndarray, request_time: int, blocked: np.ndarray,
+                       limit: int) -> np.ndarray:
+        """The allowed items of `top` (best first) with a positive score, at most `limit`."""
         keep = self._allowed(top, request_time, blocked) & (top_scores > 0)
-        kept = np.flatnonzero(keep)
-        if tied_beyond:  # the cut-off score (> 0) continues past `top`
-            group_start = np.searchsorted(-top_scores, -top_scores[-1], side="left")
-            if len(kept) < limit or kept[limit - 1] >= group_start:
-                return None
-        return top[kept[:limit]]
+        return top[keep][:limit]
 
     def _trending_list(self, scores: np.ndarray, request_time: int, blocked: np.ndarray, m: int,
                        limit: int) -> np.ndarray:
         """The trending list, from the source's `ranking_as_of(t)` when it has one (the items with a
-        positive `scores_as_of(t)`, best first, ties by lower index), else from `scores` itself."""
+        positive `scores_as_of(t)`, best first, ties by lower index: the order `_top` gives), else
+        from `scores` itself."""
         ranking = getattr(self.trending, "ranking_as_of", None)
         order = ranking(request_time) if ranking is not None else None
-        if order is not None:
-            m = min(m, len(scores))
-            top = order[:m]
-            top_scores = scores[top]
-            tied_beyond = 0 < m < len(order) and top_scores[-1] > 0 and scores[order[m]] == top_scores[-1]
-            found = self._first_allowed(top, top_scores, tied_beyond, request_time, blocked, limit)
-            if found is not None:
-                return found
-        return self._dense_list(scores, request_time, blocked, m, limit)
+        if order is None:
+            return self._dense_list(scores, request_time, blocked, m, limit)
+        top = order[:min(m, len(scores))]
+        return self._first_allowed(top, scores[top], request_time, blocked, limit)
 
     def _covisit_list(self, items: np.ndarray, sums: np.ndarray, request_time: int, blocked: np.ndarray,
                       m: int, limit: int) -> np.ndarray:
-        """The co-visitation list from the seeds' sparse sums (`_covisit_sparse`)."""
-        all_items, all_sums = items, sums
+        """The co-visitation list from the seeds' sparse sums (`_covisit_sparse`): what `_top` of
+        the dense scores gives, since every item outside `items` scores 0 and is dropped anyway."""
         positive = sums > 0
         items, sums = items[positive], sums[positive]
-        order = np.argsort(-sums, kind="stable")  # `items` ascending: ties by lower index
-        m = min(m, len(self.item_embeddings))
-        top = items[order[:m]]
-        top_scores = sums[order[:m]]
-        tied_beyond = 0 < m < len(order) and sums[order[m]] == top_scores[-1]
-        found = self._first_allowed(top, top_scores, tied_beyond, request_time, blocked, limit)
-        if found is not None:
-            return found
-        dense = np.zeros(len(self.item_embeddings))  # bitwise the old dense bincount
-        dense[all_items] = all_sums
-        return self._dense_list(dense, request_time, blocked, m, limit)
+        order = np.argsort(-sums, kind="stable")[:min(m, len(self.item_embeddings))]  # `items` ascending: ties by lower index
+        return self._first_allowed(items[order], sums[order], request_time, blocked, limit)
 
     def _dense_list(self, scores: np.ndarray, request_time: int, blocked: np.ndarray, m: int,
                     limit: int) -> np.ndarray:
@@ -328,11 +309,14 @@ def _lookup(keys: np.ndarray, values: np.ndarray, items: np.ndarray) -> np.ndarr
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n highest scores, best first (ties by lower index among those kept; which
-    items of a group tied at the cut-off are kept is up to `argpartition`)."""
+    """Indices of the n highest scores, best first, ties by lower index: of a group tied at the
+    cut-off, the lowest indices are kept (the sparse lists above rely on it)."""
     n = min(n, len(scores))
-    top = np.argpartition(-scores, n - 1)[:n] if n else np.empty(0, dtype=np.int64)
-    return top[np.lexsort((top, -scores[top]))]
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    cut = scores[np.argpartition(-scores, n - 1)[n - 1]]  # the n-th highest score
+    above = np.flatnonzero(scores >= cut)  # the top n and the rest of the cut-off's tie group
+    return above[np.lexsort((above, -scores[above]))][:n]
 
 
 def primary_source(columns: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:

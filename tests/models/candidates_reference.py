@@ -115,7 +115,8 @@ def _ranks(items: np.ndarray, ranked: list[int], n: int) -> np.ndarray:
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the n highest scores, best first (ties by lower index)."""
-    n = min(n, len(scores))
-    top = np.argpartition(-scores, n - 1)[:n] if n else np.empty(0, dtype=np.int64)
-    return top[np.lexsort((top, -scores[top]))]
+    """Indices of the n highest scores, best first, ties by lower index. (The one change since the
+    freeze: a group tied at the cut-off keeps its lowest indices, where `argpartition` used to pick
+    an arbitrary subset; a plain sort states the rule.)"""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return order[:min(n, len(scores))]
