@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import random
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -136,14 +135,15 @@ def to_utc(when: datetime | None) -> datetime:
 class _Pending:
     """One request waiting in the micro-batcher."""
 
-    __slots__ = ("result", "k", "sampled", "keep_rows", "done", "on_done", "error")
+    __slots__ = ("result", "k", "sampled", "keep_rows", "done", "waiter", "error")
 
     def __init__(self, result: Recommendation, k: int, sampled: bool = False, keep_rows: bool = False) -> None:
         self.result, self.k = result, k
         self.sampled = sampled  # goes to the served-feature log
         self.keep_rows = keep_rows  # the caller wants the ranker's input rows
         self.done = threading.Event()
-        self.on_done: Callable[[], None] | None = None  # called (in the worker) once it is done
+        # (loop, future) of a request awaited on an event loop: resolved there once it is done
+        self.waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
         self.error: BaseException | None = None
 
     @property
@@ -152,8 +152,6 @@ class _Pending:
 
     def finish(self) -> None:
         self.done.set()
-        if self.on_done is not None:
-            self.on_done()
 
 
 class MicroBatcher:
@@ -184,7 +182,7 @@ class MicroBatcher:
         """`submit` for the event loop: awaits, without holding a thread, until it is done."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        pending.on_done = lambda: loop.call_soon_threadsafe(_resolve, done)
+        pending.waiter = (loop, done)
         self.enqueue(pending)
         await done
         if pending.error is not None:
@@ -220,8 +218,7 @@ class MicroBatcher:
                 for pending in batch:
                     pending.error = pending.error or error
             finally:
-                for pending in batch:
-                    pending.finish()
+                _finish_all(batch)
 
 
 class Recommender:
@@ -297,7 +294,7 @@ class Recommender:
     def _pending(self, user_id: int, k: int, device: str, when: datetime | None, keep_rows: bool) -> _Pending:
         variant = self.variants.assign(user_id)
         self.model(variant)  # fail fast (503) without a bundle for this user's variant
-        result = Recommendation(uuid.uuid4().hex, int(user_id), "", to_utc(when), device, [], variant=variant)
+        result = Recommendation(_request_id(), int(user_id), "", to_utc(when), device, [], variant=variant)
         return _Pending(result, k, sampled=self.served_log.sampled(), keep_rows=keep_rows)
 
     def _run(self, batch: list[_Pending]) -> None:
@@ -682,9 +679,23 @@ def _outcome(pending: _Pending) -> Recommendation:
     return pending.result
 
 
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+def _finish_all(batch: list[_Pending]) -> None:
+    """Mark a batch done; the requests awaited on an event loop are resolved with one wake-up of
+    that loop per batch (a `call_soon_threadsafe` costs a write to the loop's wake-up fd)."""
+    waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for pending in batch:
+        pending.finish()
+        if pending.waiter is not None:
+            loop, future = pending.waiter
+            waiting.setdefault(loop, []).append(future)
+    for loop, futures in waiting.items():
+        loop.call_soon_threadsafe(_resolve, futures)
+
+
+def _resolve(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 def _not_loaded(variant: str | None, holder: ModelHolder) -> str:
@@ -694,11 +705,22 @@ def _not_loaded(variant: str | None, holder: ModelHolder) -> str:
     return f"variant {variant!r}: its bundle {holder.version!r} is not loaded ({reason})"
 
 
+_thread_settings = threading.local()
+
+
 def _limit_threads(n: int) -> None:
     """FAISS's OpenMP thread count is per calling thread (an OpenMP ICV), so every thread that
-    searches sets it. With two or more OpenMP threads per request on a busy machine, one small
-    search costs ~15 ms of barrier waiting instead of ~0.3 ms."""
-    faiss.omp_set_num_threads(n)
+    searches sets it (once). With two or more OpenMP threads per request on a busy machine, one
+    small search costs ~15 ms of barrier waiting instead of ~0.3 ms."""
+    if getattr(_thread_settings, "omp_threads", None) != n:
+        faiss.omp_set_num_threads(n)
+        _thread_settings.omp_threads = n
+
+
+def _request_id() -> str:
+    """32 random hex digits, as `uuid4().hex` (which reads the OS's entropy, ~10 us a call here):
+    a request id needs uniqueness, not secrecy."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _text(value: Any) -> str | None:

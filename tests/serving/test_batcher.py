@@ -114,3 +114,29 @@ def test_async_submission_resolves_on_the_event_loop_and_raises_errors():
     batcher.stop()
     broken.stop()
     assert done == [None, None] and [p.result.items for p in answered] == [[{"item_id": 3}], [{"item_id": 4}]]
+
+
+def test_every_request_of_a_batch_is_resolved_by_one_wake_up_of_its_loop():
+    sizes = []
+
+    def process(batch):
+        time.sleep(0.02)  # the others queue up meanwhile
+        sizes.append(len(batch))
+        for pending in batch:
+            pending.result.items = [{"item_id": pending.result.user_id}]
+
+    batcher = MicroBatcher(process, max_batch=8, workers=1)
+    waiting = [_pending(u) for u in range(20)]
+
+    async def requests():
+        loop = asyncio.get_running_loop()
+        wakeups = []
+        threadsafe = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: wakeups.append(1) or threadsafe(*args)
+        await asyncio.gather(*(batcher.submit_async(p) for p in waiting))
+        return len(wakeups)
+
+    wakeups = asyncio.run(requests())
+    batcher.stop()
+    assert [p.result.items for p in waiting] == [[{"item_id": u}] for u in range(20)]
+    assert sum(sizes) == 20 and max(sizes) > 1 and wakeups == len(sizes)
