@@ -25,7 +25,9 @@ What it does:
 
 `results.json` keeps every run's figures; `headline` holds the ones runs are compared by, under
 stable keys: server_cpu_ms_per_request (at `--rate`), floor_ms, cpu_over_floor, naive_p50_ratio,
-p99_ms_at_rate, errors_at_rate, max_rate_p99_under_50ms, sequential_p99_ms, server_rss_mb.
+p99_ms_at_rate, errors_at_rate, max_rate_p99_under_50ms, sequential_p99_ms, server_rss_mb, and
+steal_pct_at_rate: the share of the machine's CPU time the hypervisor gave to other guests during
+the fixed-rate run (on a shared VM, runs with a high share are slower than the code is).
 
 World (`--world`):
 * `synthetic` (default): the feature tables (one daily snapshot, realistic marginal distributions)
@@ -564,19 +566,35 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+STEAL = 7  # /proc/stat "cpu" fields: user nice system idle iowait irq softirq steal
+
+
+def machine_cpu_times() -> np.ndarray:
+    """The machine's CPU time counters (/proc/stat, all CPUs), zeros where there are none."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:STEAL + 2]
+        return np.array([float(f) for f in fields])
+    except OSError:
+        return np.zeros(STEAL + 1)
+
+
 def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
     """One client run against `server`; adds the CPU time per answered request that the server
     (all its processes) and the client spent, which shows how far the 2 cores are from saturation."""
     drain(server.port)
     command = [sys.executable, __file__, "client", "--port", str(server.port), "--users-file", str(users_file),
                "--rate", str(rate), "--duration", str(duration), "--sequential", str(sequential)]
-    server_cpu = cpu_seconds(server.proc.pid)
+    server_cpu, times = cpu_seconds(server.proc.pid), machine_cpu_times()
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    server_cpu = cpu_seconds(server.proc.pid) - server_cpu
+    server_cpu, times = cpu_seconds(server.proc.pid) - server_cpu, machine_cpu_times() - times
     result = json.loads(done.stdout.strip().splitlines()[-1])
     answered = max(result["ok"], 1)
     result["server_cpu_ms_per_request"] = round(1000 * server_cpu / answered, 2)
     result["client_cpu_ms_per_request"] = round(1000 * result.pop("client_cpu_s") / answered, 2)
+    # CPU time the hypervisor gave to other guests (a shared VM): figures from runs with a high
+    # share are slower than the code is
+    result["steal_pct"] = round(100 * times[STEAL] / max(times.sum(), 1), 1)
     drain(server.port)
     return result
 
@@ -686,6 +704,7 @@ def headline(results: dict) -> dict[str, float | None]:
         "max_rate_p99_under_50ms": best["rate"] if best else None,
         "sequential_p99_ms": results["cached_sequential"].get("p99_ms"),
         "server_rss_mb": results.get("server_rss_mb"),
+        "steal_pct_at_rate": at_rate.get("steal_pct"),
     }
 
 
@@ -695,6 +714,7 @@ def fmt(result: dict) -> str:
             f"p99 {result['p99_ms']} ms  throughput {result['throughput_rps']}/s  errors {result['errors']}"
             + (f"  CPU/request: server {result['server_cpu_ms_per_request']} ms, client "
                f"{result['client_cpu_ms_per_request']} ms" if "server_cpu_ms_per_request" in result else "")
+            + (f"  steal {result['steal_pct']}%" if result.get("steal_pct") else "")
             + (f" {result['error_kinds']}" if result["errors"] else ""))
 
 

@@ -273,6 +273,31 @@ class OnlineFeatures:
             raise
         return [layout.decode(reply) for reply in replies]
 
+    def read_raw(self, groups: Sequence[tuple[tuple[str, ...], Sequence[tuple]]]) -> list[list[Sequence[bytes | None]]]:
+        """The raw HMGET replies of several kinds of entities in one round trip: per group
+        (join keys, entities), one reply per entity, to decode with `layouts[join_keys].decode`.
+        Not with `via_feast` (callers read through `read` then)."""
+        commands, fields = [], []
+        for join_keys, entities in groups:
+            layout = self.layouts[join_keys]
+            keys = self.redis_keys(join_keys, entities)
+            commands += [(key, layout.framed, len(layout.fields)) for key in keys]
+            fields += [(key, layout.fields) for key in keys]
+        try:
+            if self.direct_hmget:
+                replies = hmget_many(self._client(), commands)
+            else:
+                replies = self._online_store()._read_hash_fields(self.store.config, fields)  # noqa: SLF001
+        except Exception as error:  # noqa: BLE001 - classify below
+            if _is_store_failure(error):
+                raise OnlineStoreUnavailable(f"online store unreachable: {type(error).__name__}: {error}") from error
+            raise
+        out, start = [], 0
+        for _, entities in groups:
+            out.append(replies[start:start + len(entities)])
+            start += len(entities)
+        return out
+
     def _read_via_feast(self, join_keys: tuple[str, ...], entities: Sequence[tuple],
                         columns: list[str]) -> list[dict[str, Any]]:
         values = self._read(self.refs_by_keys[join_keys], [dict(zip(join_keys, e)) for e in entities])

@@ -41,6 +41,8 @@ from serving.experiment import VariantRouter
 from serving.features import (
     IS_NEW_COLUMN,
     ITEM_CATEGORY_COLUMN,
+    USER_CATEGORY_KEYS,
+    USER_KEYS,
     ItemFeatureCache,
     ItemSnapshot,
     OnlineFeatures,
@@ -56,6 +58,18 @@ from serving.served_log import ServedLog
 log = get_logger("serving.recommender")
 
 USER_DAILY_PREFIX = "user_daily__"
+# Up to this many catalog categories, a request reads its (user, category) rows of all of them with
+# the user's row (one round trip); with more, only those of its candidates, once they are known.
+MAX_PREFETCH_CATEGORIES = 64
+
+
+@dataclass(frozen=True)
+class PrefetchedPairs:
+    """Raw (user, category) rows read with the users': row r * len(names) + c is request r's
+    for category names[c] (`names` is the item table's own list, compared by identity)."""
+
+    names: list[str]
+    rows: list
 
 
 class ModelNotReady(RuntimeError):
@@ -376,7 +390,7 @@ class Recommender:
         stage = self._stage
         results = [p.result for p in batch]
         with stage("features", timings):
-            users = self._user_features(results)
+            users, prefetched = self._user_features(results, self._prefetch_categories(model))
         if users is None:
             with stage("rules", timings):
                 for p in batch:
@@ -401,7 +415,7 @@ class Recommender:
             item_ids = model.item_ids.to_ids(item_idx)
             with stage("features", timings):
                 items = self._item_inputs(model, plan, results, item_idx, item_ids)
-                pairs = self._pairs(results, users, request_of, items, plan.blocks[PAIR].inputs)
+                pairs = self._pairs(results, users, request_of, items, plan.blocks[PAIR].inputs, prefetched)
             with stage("ranking", timings):
                 requests = self._request_columns(results, users)
                 matrix = plan.assemble(candidates, items.block, plan.blocks[REQUEST].rows(requests), request_of,
@@ -459,13 +473,34 @@ class Recommender:
             candidates = {column: values[keep] for column, values in candidates.items()}
         return candidates
 
-    def _user_features(self, results: list[Recommendation]) -> list[dict[str, Any]] | None:
-        """One round trip for the batch's users; None (all degraded) when the store is down."""
+    def _prefetch_categories(self, model: LoadedModel) -> list[str] | None:
+        """The catalog's categories, when the (user, category) rows of all of them are worth
+        reading with the user's, in the same round trip (a fresh item cache names them, and there
+        are few); None otherwise (they are read once the candidates are known)."""
+        snapshot = self.cache.snapshot
+        if (self.online.via_feast or self.item_feature_source != "cache" or snapshot is None
+                or not self.cache.fresh()):
+            return None
+        names = self.item_table(snapshot, model).inputs.category_names
+        return names if 0 < len(names) <= MAX_PREFETCH_CATEGORIES else None
+
+    def _user_features(self, results: list[Recommendation], categories: list[str] | None = None
+                       ) -> tuple[list[dict[str, Any]] | None, PrefetchedPairs | None]:
+        """One round trip for the batch's users (and their rows for `categories`, if given);
+        (None, None) (all degraded) when the store is down."""
         if not self.health.available:
             reason = f"online store unavailable ({self.health.last_error})"
         else:
+            user_ids = [r.user_id for r in results]
             try:
-                users = self.online.users([r.user_id for r in results])
+                if categories:
+                    user_rows, pair_rows = self.online.read_raw(
+                        [(USER_KEYS, [(u,) for u in user_ids]),
+                         (USER_CATEGORY_KEYS, [(u, c) for u in user_ids for c in categories])])
+                    users = [self.online.layouts[USER_KEYS].decode(row) for row in user_rows]
+                    prefetched = PrefetchedPairs(categories, pair_rows)
+                else:
+                    users, prefetched = self.online.users(user_ids), None
             except OnlineStoreUnavailable as error:
                 self.health.down(error)
                 reason = str(error)
@@ -474,11 +509,11 @@ class Recommender:
                     for result in results:
                         result.degraded = True
                         result.reasons.append(self.health.lost)
-                return users
+                return users, prefetched
         for result in results:
             result.degraded = True
             result.reasons.append(reason)
-        return None
+        return None, None
 
     # -------------------------------------------------------------------------- ranker inputs
 
@@ -541,16 +576,21 @@ class Recommender:
         return taken
 
     def _pairs(self, results: list[Recommendation], users: list[dict[str, Any]], request_of: np.ndarray,
-               items: ItemInputs, inputs: list[str]) -> Pairs:
+               items: ItemInputs, inputs: list[str], prefetched: PrefetchedPairs | None = None) -> Pairs:
         """The distinct (request, item category) pairs of the candidates, with their user x category
-        features (one round trip) and the user features among the pair block's `inputs` (the
-        denominator of the category share)."""
+        features (read with the users' when `prefetched` covers the items' categories, else one
+        round trip now) and the user features among the pair block's `inputs` (the denominator of
+        the category share)."""
         width = len(items.category_names) + 1
         keys, pair_of = np.unique(request_of * width + items.category_codes + 1, return_inverse=True)
         pair_request, pair_code = keys // width, keys % width - 1
-        lookups = [(int(r), items.category_names[c]) for r, c in zip(pair_request, pair_code) if c >= 0]
-        values = iter(self._user_category(results, lookups))
-        affinity = [next(values) if c >= 0 else {} for c in pair_code]
+        if prefetched is not None and prefetched.names is items.category_names:
+            decode, n = self.online.layouts[USER_CATEGORY_KEYS].decode, len(prefetched.names)
+            affinity = [decode(prefetched.rows[r * n + c]) if c >= 0 else {} for r, c in zip(pair_request, pair_code)]
+        else:
+            lookups = [(int(r), items.category_names[c]) for r, c in zip(pair_request, pair_code) if c >= 0]
+            values = iter(self._user_category(results, lookups))
+            affinity = [next(values) if c >= 0 else {} for c in pair_code]
         columns = {column: self.online.as_array(column, [a.get(column) for a in affinity])
                    for column in self.user_category_columns}
         for column in set(inputs) & set(self.user_columns):

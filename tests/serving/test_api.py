@@ -381,6 +381,27 @@ def test_a_stale_item_cache_is_bypassed(services, warm_users, world, monkeypatch
     assert [i["ranker_score"] for i in stale.items] == [i["ranker_score"] for i in fresh.items]
 
 
+def test_user_category_rows_read_with_the_users_equal_the_ones_read_after_retrieval(services, warm_users, world,
+                                                                                     monkeypatch):
+    """With few catalog categories, a request reads its (user, category) rows of all of them in
+    the user's round trip; the ranker's rows equal those of the second read after retrieval."""
+    import serving.recommender as recommender_module
+
+    recommender, online = services.recommender, services.online
+    later_reads = []
+    read_pairs = online.user_category_pairs
+    monkeypatch.setattr(online, "user_category_pairs", lambda pairs: later_reads.append(len(pairs)) or read_pairs(pairs))
+    one_trip = recommender.recommend(warm_users[0], 10, "mobile", when=world.request_time, keep_rows=True)
+    assert not later_reads
+    monkeypatch.setattr(recommender_module, "MAX_PREFETCH_CATEGORIES", 0)
+    two_trips = recommender.recommend(warm_users[0], 10, "mobile", when=world.request_time, keep_rows=True)
+    assert later_reads
+    pair_columns = [c for c in one_trip.rows.columns if c.startswith("user_category__")]
+    assert pair_columns and one_trip.rows[pair_columns].notna().any().any()
+    pd.testing.assert_frame_equal(one_trip.rows.drop(columns=["request_id"]), two_trips.rows.drop(columns=["request_id"]))
+    assert [i["item_id"] for i in one_trip.items] == [i["item_id"] for i in two_trips.items]
+
+
 def test_an_item_without_interactions_is_retrievable_by_its_content(client, services, world):
     """The item tower embeds category and price, so items nobody touched are in the FAISS index."""
     events = ds.dataset(world.settings.raw_dir / "events", format="parquet", partitioning=None)
