@@ -103,7 +103,7 @@ def user_dense(frame: pd.DataFrame | Mapping[str, Sequence[Any]], spec: UserInpu
     return np.nan_to_num(standardised, nan=0.0).astype(np.float32)
 
 
-def history_matrix(histories: pd.Series, items: IdMap, length: int) -> np.ndarray:
+def history_matrix(histories: pd.Series | Sequence[Any], items: IdMap, length: int) -> np.ndarray:
     """Recent item ids (most recent first) -> item indices padded with `len(items)`."""
     out = np.full((len(histories), length), len(items), dtype=np.int64)
     for row, ids in enumerate(histories):
@@ -121,8 +121,10 @@ def user_features(frame: pd.DataFrame | Mapping[str, Sequence[Any]], users: IdMa
     DataFrame, or a mapping of equally long columns)."""
     user_idx = users.to_idx(frame["user_id"])
     user_idx = np.where(user_idx < 0, len(users), user_idx)  # unknown users share the OOV row
-    history = history_matrix(frame.get(HISTORY_COLUMN, pd.Series([None] * len(frame))), items,
-                             spec.history_length)
+    # (not `frame.get(column, default)`: the default would be built on every call, and a mapping's
+    # len() counts its columns, not its rows)
+    histories = frame[HISTORY_COLUMN] if HISTORY_COLUMN in frame else [None] * len(user_idx)
+    history = history_matrix(histories, items, spec.history_length)
     return UserFeatures(user_idx=user_idx, history=history, dense=user_dense(frame, spec))
 
 

@@ -38,3 +38,18 @@ def test_history_maps_known_items_and_pads():
     features = user_features(frame(), IdMap(np.array([1, 2])), items, fit_user_input_spec(frame(), 3))
     assert features.user_idx.tolist() == [0, 1, 2]  # unknown user 3 -> the shared OOV row (2)
     assert features.history.tolist() == [[0, 1, 3], [3, 3, 3], [0, 3, 3]]  # unknown item 99 dropped
+
+
+def test_columns_of_python_values_without_a_history_give_one_padded_row_per_user():
+    """Serving passes a mapping of columns; without the history column every user gets an empty
+    (padded) history, one row per user whatever the number of columns."""
+    from core.inference.inputs import UserInputSpec
+
+    users, items = IdMap(np.arange(100)), IdMap(np.arange(1000))
+    spec = UserInputSpec(["user_daily__a", "user_daily__b", "user_daily__c"], [], [0.0] * 3, [1.0] * 3, 4)
+    columns = {"user_id": [3, 7], "user_daily__a": [1.0, None], "user_daily__b": [2.0, 3.0], "user_daily__c": [0, 1]}
+    features = user_features(columns, users, items, spec)
+    assert features.history.tolist() == [[1000] * 4, [1000] * 4]
+    assert features.dense.shape == (2, 3) and features.user_idx.tolist() == [3, 7]
+    with_history = user_features({**columns, HISTORY_COLUMN: [[5, 999_999, 7], None]}, users, items, spec)
+    assert with_history.history.tolist() == [[5, 7, 1000, 1000], [1000] * 4]
