@@ -32,6 +32,13 @@ def marker_key(project: str) -> bytes:
     return f"recsys:online_materialized:{project}".encode()
 
 
+BOOKKEEPING_PREFIX = b"recsys:"  # the marker and the write tokens; every other project key is an entity hash
+
+
+def is_bookkeeping_key(key: bytes) -> bool:
+    return key.startswith(BOOKKEEPING_PREFIX)
+
+
 def write_token_key(project: str, view: str) -> bytes:
     return f"recsys:online_writes:{view}:{project}".encode()
 

@@ -22,7 +22,7 @@ from feast.data_source import PushMode
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
 from core.environment import redis_client, redis_reachable
-from core.online_marker import marker_key, read_marker
+from core.online_marker import is_bookkeeping_key, read_marker, write_token_key
 from core.settings import Settings
 from feast_ext import repo as feast_repo
 from feast_ext.local_read import DuckDBLatestRowsJob, local_parquet_dir
@@ -88,12 +88,12 @@ def world(spark, tmp_path_factory):
 
 def _hashes(repo: Path) -> dict[bytes, dict[bytes, bytes]]:
     """Every entity hash of the repo's project, keyed without the project suffix (the
-    materialization marker, a string key, left out)."""
+    materialization marker and the write tokens, string keys, left out)."""
     project = feast_repo.project_name(repo).encode()
     client = redis_client()
     return {key[:-len(project)]: client.hgetall(key)
             for key in client.scan_iter(match=b"*" + project, count=10_000)
-            if key != marker_key(project.decode())}
+            if not is_bookkeeping_key(key)}
 
 
 def test_only_the_project_engine_marks_the_store_materialized(world):
@@ -254,10 +254,29 @@ def test_proto_fallback_writes_every_record_batch(world):
         fields = [layout.ts_field, *layout.fields.values()]
         client = redis_client()
         written = {key[:-len(project)]: client.hmget(key, fields)
-                   for key in client.scan_iter(match=f"*{project}".encode(), count=10_000)}
+                   for key in client.scan_iter(match=f"*{project}".encode(), count=10_000)
+                   if not is_bookkeeping_key(key)}
         expected = {key: [row[f] for f in fields] for key, row in _hashes(repos["fast"]).items()
                     if layout.ts_field in row}
         assert len(written) == chunked.num_rows
         assert written == expected
     finally:
         feast_repo.delete_online_rows(project)
+
+
+def test_every_write_of_the_project_store_sets_a_new_write_token(world):
+    """Readers that keep a copy of a view (serving's item cache) compare these tokens. (Last in
+    the module: it writes a newer row, which the comparisons above must not see.)"""
+    settings, repos, env = world
+    client = redis_client()
+    fast, builtin = (feast_repo.project_name(repos[name]) for name in ("fast", "builtin"))
+    tokens = {view: client.get(write_token_key(fast, view)) for view in VIEW_KEYS}
+    assert all(tokens.values()) and len(set(tokens.values())) == len(VIEW_KEYS)
+    assert not any(client.get(write_token_key(builtin, view)) for view in VIEW_KEYS)  # Feast's own store
+    store = feast_repo.feature_store(repos["fast"])
+    row = _latest(settings, "item_daily").head(1).copy()
+    row["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+    store.write_to_online_store("item_daily", row)  # Feast's push path: `online_write_batch`
+    assert client.get(write_token_key(fast, "item_daily")) not in (None, tokens["item_daily"])
+    assert client.get(write_token_key(fast, "user_daily")) == tokens["user_daily"]
+
