@@ -729,7 +729,10 @@ def _finish_all(batch: list[_Pending]) -> None:
             loop, future = pending.waiter
             waiting.setdefault(loop, []).append(future)
     for loop, futures in waiting.items():
-        loop.call_soon_threadsafe(_resolve, futures)
+        try:
+            loop.call_soon_threadsafe(_resolve, futures)
+        except RuntimeError:  # the loop was closed (shutdown): nobody waits any more
+            pass
 
 
 def _resolve(futures: list[asyncio.Future]) -> None:

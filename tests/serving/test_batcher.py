@@ -140,3 +140,21 @@ def test_every_request_of_a_batch_is_resolved_by_one_wake_up_of_its_loop():
     batcher.stop()
     assert [p.result.items for p in waiting] == [[{"item_id": u}] for u in range(20)]
     assert sum(sizes) == 20 and max(sizes) > 1 and wakeups == len(sizes)
+
+
+def test_a_batch_finishing_after_its_event_loop_closed_keeps_the_worker_alive():
+    """At shutdown a batch may finish after the loop that awaited it closed: the worker must not
+    die of it (it serves the other requests)."""
+    seen = []
+    batcher = MicroBatcher(lambda batch: seen.extend(p.result.user_id for p in batch), max_batch=4, workers=1)
+    loop = asyncio.new_event_loop()
+    orphan = _pending(1)
+    orphan.waiter = (loop, loop.create_future())
+    loop.close()
+    batcher.enqueue(orphan)
+    assert orphan.done.wait(5)
+    later = _pending(2)
+    batcher.enqueue(later)
+    assert later.done.wait(5)  # the same worker thread answers the next request
+    batcher.stop()
+    assert seen == [1, 2]
