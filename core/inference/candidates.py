@@ -197,7 +197,8 @@ class CandidateGenerator:
         the dense scores gives, since every item outside `items` scores 0 and is dropped anyway."""
         positive = sums > 0
         items, sums = items[positive], sums[positive]
-        order = np.argsort(-sums, kind="stable")[:min(m, len(self.item_embeddings))]  # `items` ascending: ties by lower index
+        # `items` ascending, so a stable sort breaks ties by lower index
+        order = np.argsort(-sums, kind="stable")[:min(m, len(self.item_embeddings))]
         return self._first_allowed(items[order], sums[order], request_time, blocked, limit)
 
     def _dense_list(self, scores: np.ndarray, request_time: int, blocked: np.ndarray, m: int,

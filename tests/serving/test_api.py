@@ -390,7 +390,8 @@ def test_user_category_rows_read_with_the_users_equal_the_ones_read_after_retrie
     recommender, online = services.recommender, services.online
     later_reads = []
     read_pairs = online.user_category_pairs
-    monkeypatch.setattr(online, "user_category_pairs", lambda pairs: later_reads.append(len(pairs)) or read_pairs(pairs))
+    monkeypatch.setattr(online, "user_category_pairs",
+                        lambda pairs: later_reads.append(len(pairs)) or read_pairs(pairs))
     one_trip = recommender.recommend(warm_users[0], 10, "mobile", when=world.request_time, keep_rows=True)
     assert not later_reads
     monkeypatch.setattr(recommender_module, "MAX_PREFETCH_CATEGORIES", 0)
@@ -398,7 +399,8 @@ def test_user_category_rows_read_with_the_users_equal_the_ones_read_after_retrie
     assert later_reads
     pair_columns = [c for c in one_trip.rows.columns if c.startswith("user_category__")]
     assert pair_columns and one_trip.rows[pair_columns].notna().any().any()
-    pd.testing.assert_frame_equal(one_trip.rows.drop(columns=["request_id"]), two_trips.rows.drop(columns=["request_id"]))
+    pd.testing.assert_frame_equal(one_trip.rows.drop(columns=["request_id"]),
+                                  two_trips.rows.drop(columns=["request_id"]))
     assert [i["item_id"] for i in one_trip.items] == [i["item_id"] for i in two_trips.items]
 
 
