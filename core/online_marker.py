@@ -32,7 +32,7 @@ def marker_key(project: str) -> bytes:
     return f"recsys:online_materialized:{project}".encode()
 
 
-BOOKKEEPING_PREFIX = b"recsys:"  # the marker and the write tokens; every other project key is an entity hash
+BOOKKEEPING_PREFIX = b"recsys:"  # our own keys (marker, write tokens, event ids), never a Feast entity hash
 
 
 def is_bookkeeping_key(key: bytes) -> bool:
