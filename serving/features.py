@@ -259,35 +259,22 @@ class OnlineFeatures:
             return [{} for _ in entities]
         if self.via_feast:
             return self._read_via_feast(join_keys, entities, layout.columns)
-        keys = self.redis_keys(join_keys, entities)
-        try:
-            if self.direct_hmget:
-                n = len(layout.fields)
-                replies = hmget_many(self._client(), [(key, layout.framed, n) for key in keys])
-            else:
-                replies = self._online_store()._read_hash_fields(  # noqa: SLF001
-                    self.store.config, [(key, layout.fields) for key in keys])
-        except Exception as error:  # noqa: BLE001 - classify below
-            if _is_store_failure(error):
-                raise OnlineStoreUnavailable(f"online store unreachable: {type(error).__name__}: {error}") from error
-            raise
-        return [layout.decode(reply) for reply in replies]
+        return [layout.decode(reply) for reply in self.read_raw([(join_keys, entities)])[0]]
 
     def read_raw(self, groups: Sequence[tuple[tuple[str, ...], Sequence[tuple]]]) -> list[list[Sequence[bytes | None]]]:
         """The raw HMGET replies of several kinds of entities in one round trip: per group
         (join keys, entities), one reply per entity, to decode with `layouts[join_keys].decode`.
         Not with `via_feast` (callers read through `read` then)."""
-        commands, fields = [], []
+        commands = []
         for join_keys, entities in groups:
             layout = self.layouts[join_keys]
-            keys = self.redis_keys(join_keys, entities)
-            commands += [(key, layout.framed, len(layout.fields)) for key in keys]
-            fields += [(key, layout.fields) for key in keys]
+            arguments = (layout.framed, len(layout.fields)) if self.direct_hmget else (layout.fields,)
+            commands += [(key, *arguments) for key in self.redis_keys(join_keys, entities)]
         try:
             if self.direct_hmget:
                 replies = hmget_many(self._client(), commands)
             else:
-                replies = self._online_store()._read_hash_fields(self.store.config, fields)  # noqa: SLF001
+                replies = self._online_store()._read_hash_fields(self.store.config, commands)  # noqa: SLF001
         except Exception as error:  # noqa: BLE001 - classify below
             if _is_store_failure(error):
                 raise OnlineStoreUnavailable(f"online store unreachable: {type(error).__name__}: {error}") from error
