@@ -223,10 +223,13 @@ def _numeric_array(rows: pd.DataFrame | Mapping[str, Any], column: str) -> np.nd
     return np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf) if is_count_like(column) else values
 
 
+_TICKS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
 def _hour_or_weekday(index: pd.DatetimeIndex, column: str) -> np.ndarray:
     """`_utc_index(index).hour` / `.dayofweek` from the epoch with integer arithmetic (a naive
     index is UTC, and `asi8` of an aware one is UTC): pandas' field accessors cost ~30 us a call."""
-    seconds = index.as_unit("s").asi8 if index.unit != "s" else index.asi8
+    seconds = index.asi8 // _TICKS_PER_SECOND[index.unit]  # floor, also before 1970
     if column == HOUR_OF_DAY:
         return (seconds // 3600 % 24).astype(np.float64)
     return ((seconds // 86400 + 3) % 7).astype(np.float64)  # 1970-01-01 was a Thursday (Monday = 0)
