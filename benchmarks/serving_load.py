@@ -566,17 +566,16 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-STEAL = 7  # /proc/stat "cpu" fields: user nice system idle iowait irq softirq steal
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")  # guest is in user
+STEAL = CPU_FIELDS.index("steal")
 
 
 def machine_cpu_times() -> np.ndarray:
-    """The machine's CPU time counters (/proc/stat, all CPUs), zeros where there are none."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()[1:STEAL + 2]
-        return np.array([float(f) for f in fields])
-    except OSError:
-        return np.zeros(STEAL + 1)
+    """The machine's CPU time counters (all CPUs, psutil), 0 for a field this OS lacks."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return np.array([getattr(times, field, 0.0) for field in CPU_FIELDS])
 
 
 def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
@@ -594,7 +593,7 @@ def load(server: Server, users_file: Path, rate: float, duration: float, sequent
     result["client_cpu_ms_per_request"] = round(1000 * result.pop("client_cpu_s") / answered, 2)
     # CPU time the hypervisor gave to other guests (a shared VM): figures from runs with a high
     # share are slower than the code is
-    result["steal_pct"] = round(100 * times[STEAL] / max(times.sum(), 1), 1)
+    result["steal_pct"] = round(100 * times[STEAL] / max(times.sum(), 1e-9), 1)
     drain(server.port)
     return result
 
