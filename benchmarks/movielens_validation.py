@@ -76,10 +76,20 @@ def _candidate(mode: str, seed: int) -> TrainConfig:
     return config
 
 
+def _label_days(days: int) -> Callable[[str, int], TrainConfig]:
+    def make(mode: str, seed: int) -> TrainConfig:
+        """The current configuration with `days` days of labels per request."""
+        config = _current(mode, seed)
+        config.label_days = days
+        return config
+
+    return make
+
+
 VARIANTS: dict[str, Callable[[str, int], TrainConfig]] = {
     "current": _current, "before_issue_15": _before, "no_two_tower": _no_two_tower, "relative": _relative,
     "no_two_tower_relative": _no_two_tower_relative, "no_two_tower_relative_grid": _no_two_tower_relative_grid,
-    "candidate": _candidate,
+    "candidate": _candidate, "label_days_7": _label_days(7), "label_days_28": _label_days(28),
 }
 
 

@@ -173,6 +173,35 @@ def train(
     return run_training(get_spark("training"), feast_repo.feature_store(), get_settings(), config)
 
 
+@app.command()
+def backtest(
+    data: Path = typer.Option(..., help="folder with events, users and items (.csv or .parquet, the raw schema "
+                                        "`ingest` accepts)"),
+    requests: Path = typer.Option(..., help="csv or parquet with user_id,request_time (ISO 8601 or epoch seconds)"),
+    out: Path = typer.Option(..., help="JSON lines written here: user_id, request_time, items (top-k ids)"),
+    k: int = typer.Option(10, help="items per list"),
+    seed: int = typer.Option(7, help="seed of every model"),
+    request_mode: Optional[str] = typer.Option(
+        None, help="daily (requests at midnight) or session (mid-activity); default: daily when every request "
+                   "time is a UTC midnight"),
+    work: Optional[Path] = typer.Option(None, help="work folder, kept (default: a temporary one, removed)"),
+) -> None:
+    """Train the platform on DATA's events only (a work folder of its own) and write the top-K list
+    of each request: every feature read point-in-time at the request's time, the user's earlier
+    items left out."""
+    from training.backtest import BacktestInputError, run_backtest
+
+    started = time.perf_counter()
+    try:
+        summary = run_backtest(data, requests, out, k=k, seed=seed, request_mode=request_mode, work_dir=work)
+    except BacktestInputError as error:
+        console.print(f"[red]backtest refused:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{summary['requests']:,} lists ({summary['request_mode']} requests, "
+                  f"{summary['empty_lists']} empty) in {summary['out']}, {time.perf_counter() - started:.0f} s",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command("show-online")
 def show_online_features(user_ids: Optional[list[int]] = typer.Argument(None)) -> None:
     """Print the online (Redis) features of a few users through Feast."""

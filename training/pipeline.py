@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -58,7 +59,8 @@ class TrainConfig:
     # one per share, labelled by the day's last share of events (see training.datasets.requests).
     request_mode: str = "daily"
     session_label_shares: tuple[float, ...] = (0.2,)
-    # "daily" requests: days of interactions after the request time that label it (1: that day).
+    # Days of interactions that label a request: 1 labels a daily request by its day, a session
+    # request by the rest of its day; more add the user's interactions of the following days.
     label_days: int = 1
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     two_tower: TwoTowerConfig = field(default_factory=lambda: TwoTowerConfig(
@@ -146,7 +148,7 @@ def labelled_requests(events: DataFrame, start: date, end: date, config: TrainCo
     if config.request_mode == "daily":
         return req.daily_requests(events, start, end, config.label_days)
     if config.request_mode == "session":
-        return req.session_requests(events, start, end, config.session_label_shares)
+        return req.session_requests(events, start, end, config.session_label_shares, config.label_days)
     raise ValueError(f"request_mode must be 'daily' or 'session', got {config.request_mode!r}")
 
 
@@ -295,9 +297,11 @@ def relevant_items(labels: pd.DataFrame, catalog: Catalog) -> dict[int, dict[int
     return {int(u): dict(zip(g.item_idx.astype(int), g.label.astype(float))) for u, g in labels.groupby("user_id")}
 
 
-def ranked_lists(scored: pd.DataFrame, score_column: str, k: int) -> dict[int, list[int]]:
-    top = scored.sort_values(["user_id", score_column], ascending=[True, False]).groupby("user_id").head(k)
-    return {int(u): g.item_idx.astype(int).tolist() for u, g in top.groupby("user_id")}
+def ranked_lists(scored: pd.DataFrame, score_column: str, k: int, key: str = "user_id") -> dict:
+    """Top-k item_idx per `key` (user_id: one request per user) by `score_column`, best first."""
+    top = scored.sort_values([key, score_column], ascending=[True, False]).groupby(key).head(k)
+    cast = int if key == "user_id" else str
+    return {cast(u): g.item_idx.astype(int).tolist() for u, g in top.groupby(key)}
 
 
 def baseline_lists(events_np, catalog, test_users, test_time, exclude, k, config: TrainConfig) -> dict[str, dict]:
@@ -496,41 +500,46 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
-                  exclude: dict[int, set[int]], k: int, name: str = "offline") -> dict[int, list[int]]:
+                  exclude: Mapping[str, Iterable[int]] | None, k: int, name: str = "offline") -> RankedLists:
     """Top-k item ids per request of `requests` (request_id, user_id, event_timestamp, device) from
-    the two-stage recommender, with every feature read point-in-time from Feast at the request's
-    time, candidates from sources fitted on all of the run's events, and each user's `exclude`
-    item ids left out. Keyed by user_id (one request per user)."""
+    the two-stage recommender, keyed by request_id, with every feature read point-in-time from
+    Feast at the request's time and candidates from sources fitted on all of the run's events.
+    `exclude` maps a request_id to item ids it must not be shown; None leaves out, for each
+    request, the items its user interacted with before the request's time."""
     catalog, events_np = trained.catalog, trained.events_np
     trending, covisit, als = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als)
     generator = CandidateGenerator(trained.two_tower, trained.item_embeddings, trained.index,
                                    catalog.available_from, trending, covisit, trained.candidates, als)
     frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
     with_users = with_user_features(store, spark, spark.createDataFrame(frame), trained.work / f"{name}_users")
-    excluded = [{int(i) for i in catalog.item_ids.to_idx(sorted(exclude.get(int(u), ()))) if i >= 0}
-                for u in with_users["user_id"]]
+    if exclude is None:
+        excluded = seen_before(events_np, catalog.user_ids.to_idx(with_users["user_id"]),
+                               epoch_seconds(with_users["event_timestamp"]))
+    else:
+        excluded = [{int(i) for i in catalog.item_ids.to_idx(sorted(exclude.get(rid, ()))) if i >= 0}
+                    for rid in with_users["request_id"]]
     no_labels = pd.DataFrame({"request_id": pd.Series(dtype=str), "item_id": pd.Series(dtype=np.int64),
                               "label": pd.Series(dtype=np.int64)})
     rows = candidate_rows(generator, with_users, no_labels, catalog, trained.user_spec, excluded)
     rows = with_ranking_features(store, spark, rows, trained.work / f"{name}_rows")
     rows["ranker_score"] = ranker_score(trained.ranker.booster, rows, trained.spec)
-    to_ids = lambda lists: {user: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist()  # noqa: E731
-                            for user, items in lists.items()}
-    out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k)))
-    for source, lists in source_alone_lists(rows, tuple(SOURCE_COLUMNS), k).items():
+    to_ids = lambda lists: {key: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist()  # noqa: E731
+                            for key, items in lists.items()}
+    out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k, key="request_id")))
+    for source, lists in source_alone_lists(rows, tuple(SOURCE_COLUMNS), k, key="request_id").items():
         out.components[f"source: {source}"] = to_ids(lists)
     return out
 
 
-def source_alone_lists(rows: pd.DataFrame, sources: tuple[str, ...], k: int) -> dict[str, dict[int, list[int]]]:
+def source_alone_lists(rows: pd.DataFrame, sources: tuple[str, ...], k: int, key: str = "user_id") -> dict[str, dict]:
     """Each of `sources` alone: the candidates it proposed among `rows`, in its own order (top-k
-    item_idx per user). A source that proposed nothing (e.g. `n_ann=0`) is left out, not scored 0."""
+    item_idx per `key`). A source that proposed nothing (e.g. `n_ann=0`) is left out, not scored 0."""
     out = {}
     for source in sources:
         flag, rank = SOURCE_COLUMNS[source]
         if flag in rows.columns and rows[flag].any():
             proposed = rows[rows[flag] == 1].assign(_order=lambda r, rank=rank: -r[rank].astype(float))
-            out[source] = ranked_lists(proposed, "_order", k)
+            out[source] = ranked_lists(proposed, "_order", k, key)
     return out
 
 
@@ -540,7 +549,7 @@ SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending":
 
 
 class RankedLists(dict):
-    """Top-k item ids per user (the two-stage list), with `components`: other lists of the same
+    """Top-k item ids per request (the two-stage list), with `components`: other lists of the same
     requests by name (each candidate source alone)."""
 
     def __init__(self, *args, **kwargs) -> None:

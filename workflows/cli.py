@@ -63,8 +63,8 @@ def movielens(
     from core.settings import REPO_ROOT
     from feast_ext import repo as feast_repo
     from training.data.movielens import REQUIRED_FILES, movielens_dir, write_movielens
-    from training.evaluation.two_stage_benchmark import movielens_train_config
     from training.pipeline import run_training
+    from training.presets import movielens_train_config
     from training.spark import get_spark
     from workflows.story import story_log
 

@@ -71,6 +71,22 @@ def test_session_requests_are_made_just_before_the_days_last_events(events_df):
         req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), 1.0)
 
 
+def test_session_requests_with_label_days_add_the_following_days_but_never_the_windows_end(events_df):
+    # Jan 2's request (last 2 of 3 events) also gets Jan 3's purchase with two label days.
+    rows = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), 0.5, label_days=2).toPandas()
+    assert set(rows["request_id"]) == {"1:20260102:s0"}
+    assert dict(zip(rows["item_id"], rows["label"])) == {10: 3, 11: 1, 12: 4}
+    assert set(rows["event_timestamp"].dt.tz_localize(None)) == {pd.Timestamp("2026-01-02 09:00")}
+    # ... but not when the window ends before Jan 3 (labels never reach past `end`).
+    cut = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 3), 0.5, label_days=2).toPandas()
+    assert dict(zip(cut["item_id"], cut["label"])) == {10: 3, 11: 1}
+    # An earlier item of the request's own day is never a label, however many days label it.
+    first = req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), 0.2, label_days=3).toPandas()
+    assert sorted(first["item_id"]) == [11, 12]
+    with pytest.raises(ValueError, match="label_days must be at least 1"):
+        req.session_requests(events_df, date(2026, 1, 1), date(2026, 1, 4), 0.5, label_days=0)
+
+
 def test_window_request_labels_everything_after_the_request_time(events_df):
     rows = req.window_requests(events_df, date(2026, 1, 2), date(2026, 1, 10)).toPandas()
     assert set(rows["user_id"]) == {1}  # user 2's event is before the request

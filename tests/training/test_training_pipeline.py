@@ -61,10 +61,33 @@ def test_rank_requests_ranks_offline_requests_and_honours_exclusions(trained):
     requests = pd.DataFrame({"request_id": [f"r{u}" for u in users], "user_id": users,
                              "event_timestamp": when, "device": "mobile"})
     first = rank_requests(result, store, spark, requests, {}, k=10, name="first")
-    assert sorted(first) == sorted(users) and all(len(items) == 10 for items in first.values())
+    assert sorted(first) == sorted(f"r{u}" for u in users) and all(len(items) == 10 for items in first.values())
     catalog = set(result.catalog.item_ids.ids.tolist())
     assert all(set(items) <= catalog for items in first.values())
-    exclude = {users[0]: set(first[users[0]][:5])}
+    exclude = {f"r{users[0]}": set(first[f"r{users[0]}"][:5])}
     second = rank_requests(result, store, spark, requests, exclude, k=10, name="second")
-    assert not set(second[users[0]]) & exclude[users[0]] and len(second[users[0]]) == 10
-    assert second[users[1]] == first[users[1]]  # other users are untouched
+    assert not set(second[f"r{users[0]}"]) & exclude[f"r{users[0]}"] and len(second[f"r{users[0]}"]) == 10
+    assert second[f"r{users[1]}"] == first[f"r{users[1]}"]  # other requests are untouched
+
+
+def test_rank_requests_answers_several_requests_of_a_user_each_at_its_time(trained):
+    """Keyed by request: one user asked at two times; with no exclusions given, each request leaves
+    out exactly the items its user had interacted with before its own time."""
+    import pandas as pd
+
+    _, store, _, result, spark = trained
+    events = result.events_np
+    user = int(events["user_id"].value_counts().index[0])
+    own = events[events.user_id == user].sort_values("ts")
+    early = int(own.ts.iloc[len(own) // 2])
+    late = int(events.ts.max()) + 1
+    requests = pd.DataFrame({"request_id": ["early", "late"], "user_id": [user, user],
+                             "event_timestamp": pd.to_datetime([early, late], unit="s", utc=True),
+                             "device": "mobile"})
+    lists = rank_requests(result, store, spark, requests, None, k=50, name="per_request")
+    assert sorted(lists) == ["early", "late"]
+    for rid, when in (("early", early), ("late", late)):
+        seen = set(own[own.ts < when]["item_id"].tolist())
+        assert lists[rid] and not set(lists[rid]) & seen, rid
+    met_later = set(own[own.ts >= early]["item_id"].tolist()) - set(own[own.ts < early]["item_id"].tolist())
+    assert set(lists["early"]) & met_later, "the early request may show what the user only met later"

@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.atomic import atomic_path
 from core.schema import (
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
@@ -287,6 +288,21 @@ def _to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
+def write_raw_files(data_dir: str | Path, out_dir: str | Path, keep: KeepFilter | None = None) -> dict[str, Path]:
+    """MovieLens from ``data_dir`` as ``events.parquet``, ``users.parquet`` and ``items.parquet`` in
+    ``out_dir``: the files ``ingest`` and ``python -m training backtest --data`` accept (not yet
+    validated). ``keep`` filters the ratings as in :func:`load_movielens`. Returns ``{kind: path}``."""
+    data = load_movielens(data_dir, keep)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, table in (("events", data.events), ("users", data.users), ("items", data.items)):
+        paths[kind] = out_dir / f"{kind}.parquet"
+        with atomic_path(paths[kind]) as tmp:
+            pq.write_table(table, tmp)
+    return paths
+
+
 def write_movielens(
     data_dir: str | Path,
     raw_dir: str | Path,
@@ -300,10 +316,6 @@ def write_movielens(
     as in :func:`load_movielens`. Returns ``{kind: {"valid": n, "rejected": n}}`` for events,
     users and items.
     """
-    data = load_movielens(data_dir, keep)
     with tempfile.TemporaryDirectory(prefix="movielens-") as staging:
-        paths = {}
-        for kind, table in (("events", data.events), ("users", data.users), ("items", data.items)):
-            paths[kind] = Path(staging) / f"{kind}.parquet"
-            pq.write_table(table, paths[kind])
+        paths = write_raw_files(data_dir, staging, keep)
         return ingest(paths["events"], paths["users"], paths["items"], raw_dir, quarantine_dir)

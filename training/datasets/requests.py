@@ -52,11 +52,16 @@ def daily_requests(events: DataFrame, start: date, end: date, label_days: int = 
     return _label(window_events, ["user_id", "request_day"])
 
 
-def session_requests(events: DataFrame, start: date, end: date, label_shares: float | tuple[float, ...]) -> DataFrame:
+def session_requests(events: DataFrame, start: date, end: date, label_shares: float | tuple[float, ...],
+                     label_days: int = 1) -> DataFrame:
     """Requests in the middle of users' days in [start, end): for each share s and each user-day
     with at least two events, a request at the time of the first of the day's last ceil(s * n)
-    events (ordered by time, then item id), labelled by those events. Several shares give several
-    requests per day (request ids end in the share's index). Same columns as `daily_requests`."""
+    events (ordered by time, then item id), labelled by those events and, with `label_days` > 1,
+    by the user's events of the next `label_days - 1` days (never at or after `end`). Several
+    shares give several requests per day (request ids end in the share's index). Same columns as
+    `daily_requests`."""
+    if label_days < 1:
+        raise ValueError(f"label_days must be at least 1, got {label_days}")
     shares = (label_shares,) if isinstance(label_shares, (int, float)) else tuple(label_shares)
     if not shares or not all(0 < share < 1 for share in shares):
         raise ValueError(f"label shares must be in (0, 1), got {label_shares}")
@@ -82,7 +87,15 @@ def session_requests(events: DataFrame, start: date, end: date, label_shares: fl
     first_event = Window.partitionBy(*request).orderBy("event_timestamp", "item_id")
     device = (labelled.withColumn("rank", F.row_number().over(first_event))
               .where(F.col("rank") == 1).select(*request, "device"))
-    labels = labelled.groupBy(*request, "request_time", "item_id").agg(F.max(graded_label()).alias("label"))
+    label_events = labelled.select(*request, "request_time", "item_id", "event_type")
+    if label_days > 1:
+        later = (events.where(F.col("event_timestamp") < F.lit(end))
+                 .select("user_id", "item_id", "event_type", F.to_date("event_timestamp").alias("event_day")))
+        following = (label_events.select(*request, "request_time").distinct().join(later, "user_id")
+                     .where((F.col("event_day") > F.col("request_day"))
+                            & (F.col("event_day") < F.date_add("request_day", label_days))))
+        label_events = label_events.unionByName(following.select(*request, "request_time", "item_id", "event_type"))
+    labels = label_events.groupBy(*request, "request_time", "item_id").agg(F.max(graded_label()).alias("label"))
     return (
         labels.join(device, request)
         .withColumn("event_timestamp", F.col("request_time"))
