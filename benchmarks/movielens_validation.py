@@ -86,10 +86,35 @@ def _label_days(days: int) -> Callable[[str, int], TrainConfig]:
     return make
 
 
+def _item_age(mode: str, seed: int) -> TrainConfig:
+    """The current configuration with the items' age at the request as a ranker feature."""
+    config = _current(mode, seed)
+    config.candidates.item_age = True
+    return config
+
+
+def _wide_ranker_grid(mode: str, seed: int) -> TrainConfig:
+    """The current configuration with the ranker's tree size and learning rate also chosen on the
+    pipeline's own validation requests."""
+    config = _current(mode, seed)
+    config.ranker_grid = {**(config.ranker_grid or {}), "num_leaves": [7, 15, 31], "learning_rate": [0.02, 0.05]}
+    return config
+
+
+def _sasrec(mode: str, seed: int) -> TrainConfig:
+    """The current configuration with the SASRec source and ranker features."""
+    from training.retrieval.sasrec import SASRecConfig
+
+    config = _current(mode, seed)
+    config.sasrec = SASRecConfig(seed=seed)
+    return config
+
+
 VARIANTS: dict[str, Callable[[str, int], TrainConfig]] = {
     "current": _current, "before_issue_15": _before, "no_two_tower": _no_two_tower, "relative": _relative,
     "no_two_tower_relative": _no_two_tower_relative, "no_two_tower_relative_grid": _no_two_tower_relative_grid,
     "candidate": _candidate, "label_days_7": _label_days(7), "label_days_28": _label_days(28),
+    "item_age": _item_age, "wide_ranker_grid": _wide_ranker_grid, "sasrec": _sasrec,
 }
 
 

@@ -57,6 +57,7 @@ ITEM_AVAILABLE_FROM = "item_available_from.npy"
 COVISITATION = "covisitation.npz"
 TRENDING_SCORES = "trending_scores.npy"
 ALS_ITEM_FACTORS = "als_item_factors.npy"  # optional: bundles with the ALS source (manifest "als")
+SASREC_WEIGHTS = "sasrec.npz"  # optional: bundles with the SASRec source (manifest "sasrec": its shape)
 REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
 # manifest name -> distribution names to try (the first installed one wins)
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -102,6 +103,20 @@ class Bundle:
     two_tower_state: dict[str, np.ndarray] | None = None
     # ALS item factors (row = item_idx); the manifest's "als" entry holds regularization and alpha.
     als_item_factors: np.ndarray | None = None
+    # SASRec's weights by name (`core.inference.sasrec.weight_names`); the manifest's "sasrec"
+    # entry holds its shape.
+    sasrec_weights: dict[str, np.ndarray] | None = None
+
+    def sasrec_scorer(self):
+        """The SASRec forward pass over the bundle's weights, or None for a bundle without SASRec."""
+        from core.inference.sasrec import SASRecScorer, SASRecShape
+
+        if self.sasrec_weights is None:
+            return None
+        try:
+            return SASRecScorer(SASRecShape.from_mapping(self.manifest.get("sasrec") or {}), self.sasrec_weights)
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"bundle's {SASREC_WEIGHTS} does not fit its manifest 'sasrec' entry: {error}") from None
 
     def als_solver(self):
         """The ALS user solve over the bundle's item factors, or None for a bundle without ALS."""
@@ -144,6 +159,8 @@ class Bundle:
         }
         if self.als_item_factors is not None:
             writers[ALS_ITEM_FACTORS] = lambda p: _save_npy(p, np.asarray(self.als_item_factors, dtype=np.float32))
+        if self.sasrec_weights is not None:
+            writers[SASREC_WEIGHTS] = lambda p: _save_npz(p, self.sasrec_weights)
         return write_bundle(models_dir, version, writers, self.manifest)
 
     @classmethod
@@ -174,6 +191,7 @@ class Bundle:
             manifest=manifest,
             als_item_factors=(_load_npy(bundle_dir / ALS_ITEM_FACTORS) if ALS_ITEM_FACTORS in manifest["files"]
                               else None),
+            sasrec_weights=(_load_npz(bundle_dir / SASREC_WEIGHTS) if SASREC_WEIGHTS in manifest["files"] else None),
         )
 
 
@@ -188,6 +206,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _load_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as arrays:
+        return dict(arrays)
 
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

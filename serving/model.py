@@ -126,7 +126,7 @@ class LoadedModel:
         item_emb, index, booster, spec = bundle.item_embeddings, bundle.index, bundle.ranker, bundle.ranker_spec
         item_ids, user_ids, available = IdMap(bundle.item_ids), IdMap(bundle.user_ids), bundle.item_available_from
         trending, covisit = BundleTrending(bundle.trending_scores), BundleCovisitation(bundle.covisitation)
-        als = bundle.als_solver()
+        als, sasrec = bundle.als_solver(), bundle.sasrec_scorer()
         manifest, user_spec, categories = bundle.manifest, bundle.user_spec, bundle.categories
 
         n_items = len(item_ids)
@@ -135,12 +135,15 @@ class LoadedModel:
                  "covisitation": covisit.n_items, "two_tower items": two_tower.n_items}
         if als is not None:
             sizes["als_item_factors"] = als.n_items
+        if sasrec is not None:
+            sizes["sasrec items"] = sasrec.n_items
         wrong = {name: size for name, size in sizes.items() if size != n_items}
         if wrong:
             raise BundleError(f"bundle {bundle_dir.name}: {n_items} item ids but sizes {wrong}")
         if booster.feature_name() != spec.columns:
             raise BundleError(f"bundle {bundle_dir.name}: ranker features differ from ranker_spec.json")
-        generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates, als)
+        generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates, als,
+                                       sasrec)
         return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, booster, spec, item_ids,
                    user_ids, categories, available, trending, covisit, generator)
 

@@ -145,11 +145,13 @@ class ServingSettings(BaseSettings):
     covisit_seeds: int | None = Field(None, ge=0, description="recent items seeding co-visitation (bundle default)")
     n_als: int | None = Field(None, ge=0, description="ALS candidates per request, for bundles with the ALS source "
                                                      "(bundle default)")
+    n_sasrec: int | None = Field(None, ge=0, description="SASRec candidates per request, for bundles with the "
+                                                         "SASRec source (bundle default)")
     cold_start_candidates: int = Field(200, ge=1, description="trending items re-ranked for a cold user")
 
     def candidate_overrides(self) -> dict[str, int]:
         """The candidate settings given explicitly; the rest come from each bundle's manifest."""
-        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds", "n_als")
+        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds", "n_als", "n_sasrec")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     # -- micro-batching ---------------------------------------------------------------------------

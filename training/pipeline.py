@@ -40,6 +40,7 @@ from training.features.raw_io import read_events
 from training.ranking import lgbm_ranker
 from training.retrieval.als import ALSConfig, fit_als, select_als
 from training.retrieval.mf import BPRConfig, BPRRecommender
+from training.retrieval.sasrec import SASRecConfig, SASRecFitter
 from training.retrieval.two_tower import Interactions, TwoTowerConfig, plot_training_curves, train_two_tower
 
 console = Console()
@@ -77,6 +78,11 @@ class TrainConfig:
     # ALS) refitted every `source_refit_days` on the events before each chunk of requests, so their
     # features are about as fresh as at test and serving time; None fits once, at the window's start.
     source_refit_days: int | None = 7
+    # The SASRec candidate source and ranker features (a sequence model of the recent history);
+    # None leaves it out. Its fits are reused for up to `sasrec_refit_days` of requests, each refit
+    # warm-started from the last (`training.retrieval.sasrec.SASRecFitter`).
+    sasrec: SASRecConfig | None = None
+    sasrec_refit_days: int | None = 28
     # After validation has chosen the ranker's rounds, refit it on the training and validation
     # requests together with that many rounds; the bundle ships the refitted ranker.
     refit_ranker: bool = True
@@ -208,16 +214,21 @@ def build_index(model, items_in, user_rows, n_queries: int = 1000):
     return item_emb, index, ann_index.recall_vs_exact(index, item_emb, queries, 100)
 
 
-def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALSConfig | None = None):
-    """Trending, co-visitation and (with an `als` config) ALS item factors, fitted on events
-    strictly before `before` (epoch s); ALS is None without a config."""
+def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALSConfig | None = None,
+                sasrec: SASRecFitter | None = None, final: bool = False):
+    """Trending, co-visitation, (with an `als` config) ALS item factors and (with a `sasrec`
+    fitter) SASRec, fitted on events strictly before `before` (epoch s); ALS and SASRec are None
+    without them. `final`: SASRec fitted up to `before` whatever its refit period."""
     past = events_np[events_np.ts < before]
     n_items = len(catalog.item_ids)
     trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=before)
     covisit = CoVisitationRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain)
     als_model = (fit_als(past.user_idx.to_numpy(), past.item_idx.to_numpy(), len(catalog.user_ids), n_items, als)
                  if als is not None else None)
-    return trending, covisit, als_model
+    sasrec_model = None
+    if sasrec is not None:
+        sasrec_model = (sasrec.final if final else sasrec.at)(events_np, before, n_items)
+    return trending, covisit, als_model, sasrec_model
 
 
 def choose_als(events_np: pd.DataFrame, catalog: Catalog, before: int, user_spec: UserInputSpec, request_data,
@@ -364,6 +375,7 @@ class TrainedTwoStage:
     candidates: CandidateConfig
     als: ALSConfig | None = None
     retrieval: tuple | None = None  # `train_retrieval`'s result, reusable by another run on the same data
+    sasrec: SASRecFitter | None = None
 
 
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
@@ -422,10 +434,12 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     als_config, als_selection = config.als, None
 
-    def make_generator(before: int) -> CandidateGenerator:
-        trending, covisit, als = fit_sources(events_np, before, catalog, als_config)
+    sasrec = SASRecFitter(config.sasrec, config.sasrec_refit_days) if config.sasrec is not None else None
+
+    def make_generator(before: int, final: bool = False) -> CandidateGenerator:
+        trending, covisit, als, sasrec_model = fit_sources(events_np, before, catalog, als_config, sasrec, final)
         return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
-                                  config.candidates, als)
+                                  config.candidates, als, sasrec_model)
 
     user_probe = user_features(pd.read_parquet(retrieval_stats["val_users_path"]), catalog.user_ids,
                                catalog.item_ids, user_spec)
@@ -457,7 +471,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     # Test: one request per user at the start of the test period, sources refitted up to then.
     test_time = to_epoch(split.test_start)
-    generator = make_generator(test_time)
+    generator = make_generator(test_time, final=True)
     test_labels = req.window_requests(events, split.test_start, split.end)
     test_labels = req.sample_requests(test_labels, config.max_test_users, config.seed)
     write_parquet(test_labels, work / "test_labels")
@@ -478,7 +492,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     k_max = max(KS)
     lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
-    lists.update(source_alone_lists(test_rows, ("two_tower", "als"), k_max))
+    lists.update(source_alone_lists(test_rows, ("two_tower", "als", "sasrec"), k_max))
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
     if ranker is not validated:  # the ranker as validated, before its refit: both are reported
         lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
@@ -492,11 +506,11 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
              "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration,
              "als": als_config.to_dict() if als_config is not None else None, "als_selection": als_selection,
-             "ranker_selection": ranker_selection}
+             "ranker_selection": ranker_selection, "sasrec_fits": sasrec.fits if sasrec is not None else 0}
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates, als_config, retrieval)
+                           config.candidates, als_config, retrieval, sasrec)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
@@ -507,9 +521,10 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     `exclude` maps a request_id to item ids it must not be shown; None leaves out, for each
     request, the items its user interacted with before the request's time."""
     catalog, events_np = trained.catalog, trained.events_np
-    trending, covisit, als = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als)
+    trending, covisit, als, sasrec = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als,
+                                                 trained.sasrec, final=True)
     generator = CandidateGenerator(trained.two_tower, trained.item_embeddings, trained.index,
-                                   catalog.available_from, trending, covisit, trained.candidates, als)
+                                   catalog.available_from, trending, covisit, trained.candidates, als, sasrec)
     frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
     with_users = with_user_features(store, spark, spark.createDataFrame(frame), trained.work / f"{name}_users")
     if exclude is None:
@@ -545,7 +560,8 @@ def source_alone_lists(rows: pd.DataFrame, sources: tuple[str, ...], k: int, key
 
 # Each candidate source's flag and rank columns (the source's own order).
 SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending": ("from_trending", "trending_rank"),
-                  "covisit": ("from_covisit", "covisit_rank"), "als": ("from_als", "als_rank")}
+                  "covisit": ("from_covisit", "covisit_rank"), "als": ("from_als", "als_rank"),
+                  "sasrec": ("from_sasrec", "sasrec_rank")}
 
 
 class RankedLists(dict):
@@ -597,6 +613,7 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "candidates": asdict(generator.config),
         "als": ({"regularization": generator.als.regularization, "alpha": generator.als.alpha,
                  "factors": generator.als.factors} if generator.als is not None else None),
+        "sasrec": asdict(generator.sasrec.shape) if generator.sasrec is not None else None,
     }
     bundle = Bundle.from_two_tower_state(
         two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
@@ -604,7 +621,8 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         item_ids=catalog.item_ids.ids, user_ids=catalog.user_ids.ids, categories=catalog.categories,
         item_available_from=catalog.available_from, covisitation=covisit.matrix.tocsr(),
         trending_scores=trending.item_scores,
-        als_item_factors=generator.als.item_factors if generator.als is not None else None, manifest=manifest,
+        als_item_factors=generator.als.item_factors if generator.als is not None else None,
+        sasrec_weights=generator.sasrec.weights if generator.sasrec is not None else None, manifest=manifest,
     ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle

@@ -1,4 +1,4 @@
-"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS), merged and de-duplicated.
+"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS, + SASRec), merged and de-duplicated.
 
 Used for the ranker's training requests, for offline evaluation and by the serving layer, so the
 ranker always sees candidates drawn the same way. Every candidate carries the features the ranker
@@ -6,7 +6,9 @@ uses about retrieval: the two-tower similarity (for every candidate, whatever it
 rank, trending and co-visitation scores, and which sources proposed it. A generator with an ALS
 model (`core.inference.als`) adds a fourth source and ALS_FEATURES: the ALS score of every
 candidate (user factors solved from the request's history), its rank in the ALS list, and whether
-ALS proposed it; without one the columns are exactly the three sources' ones.
+ALS proposed it; without one the columns are exactly the three sources' ones. A SASRec model
+(`core.inference.sasrec`) adds SASREC_FEATURES the same way (the next-item score of the request's
+history).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import scipy.sparse as sp
 from core.inference.als import ALSUserSolver
 from core.inference.ann_index import search
 from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+from core.inference.sasrec import SASRecScorer
 from core.inference.two_tower import UserFeatures
 
 SOURCES = ("two_tower", "trending", "covisit")
@@ -38,8 +41,16 @@ ALS_FEATURES = ["als_score", "als_rank", "from_als"]
 # this request's best" whatever the user's history length or the sources' fitting data.
 RELATIVE_FEATURES = ["retrieval_score_gap", "trending_score_share", "covisit_score_share"]
 ALS_RELATIVE_FEATURES = ["als_score_gap"]
-# Every candidate column a ranker may be trained on (ALS_FEATURES only with an ALS source).
-CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES, *RELATIVE_FEATURES, *ALS_RELATIVE_FEATURES]
+SASREC_SOURCE = "sasrec"
+SASREC_FEATURES = ["sasrec_score", "sasrec_rank", "from_sasrec"]
+SASREC_RELATIVE_FEATURES = ["sasrec_score_gap"]
+# With `CandidateConfig.item_age`: days from the item's creation to the request (a new release
+# differs from an old item with the same recent counts).
+ITEM_AGE_FEATURES = ["item_age_days"]
+# Every candidate column a ranker may be trained on (ALS_FEATURES only with an ALS source,
+# SASREC_FEATURES only with a SASRec source).
+CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES, *RELATIVE_FEATURES, *ALS_RELATIVE_FEATURES,
+                      *ITEM_AGE_FEATURES, *SASREC_FEATURES, *SASREC_RELATIVE_FEATURES]
 
 
 @dataclass
@@ -49,8 +60,11 @@ class CandidateConfig:
     n_covisit: int = 50
     covisit_seeds: int = 5
     n_als: int = 100  # used only by a generator with an ALS model
+    n_sasrec: int = 100  # used only by a generator with a SASRec model
     # Also RELATIVE_FEATURES (and ALS_RELATIVE_FEATURES with ALS): per-request normalised scores.
     relative_scores: bool = False
+    # Also ITEM_AGE_FEATURES.
+    item_age: bool = False
 
 
 class UserEncoder(Protocol):
@@ -70,10 +84,12 @@ class CandidateGenerator:
     covisit: CoVisitationRecommender
     config: CandidateConfig = field(default_factory=CandidateConfig)
     als: ALSUserSolver | None = None
+    sasrec: SASRecScorer | None = None
 
     @property
     def sources(self) -> tuple[str, ...]:
-        return (*SOURCES, ALS_SOURCE) if self.als is not None else SOURCES
+        return (*SOURCES, *((ALS_SOURCE,) if self.als is not None else ()),
+                *((SASREC_SOURCE,) if self.sasrec is not None else ()))
 
     @property
     def feature_columns(self) -> list[str]:
@@ -81,11 +97,15 @@ class CandidateGenerator:
         columns = [*RETRIEVAL_FEATURES, *(ALS_FEATURES if self.als is not None else [])]
         if self.config.relative_scores:
             columns += [*RELATIVE_FEATURES, *(ALS_RELATIVE_FEATURES if self.als is not None else [])]
+        if self.config.item_age:
+            columns += ITEM_AGE_FEATURES
+        if self.sasrec is not None:
+            columns += [*SASREC_FEATURES, *(SASREC_RELATIVE_FEATURES if self.config.relative_scores else [])]
         return columns
 
     def _limits(self) -> dict[str, int]:
         return {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
-                "covisit": self.config.n_covisit, ALS_SOURCE: self.config.n_als}
+                "covisit": self.config.n_covisit, ALS_SOURCE: self.config.n_als, SASREC_SOURCE: self.config.n_sasrec}
 
     def generate(self, users: UserFeatures, request_times: np.ndarray,
                  exclude: list[set[int]] | None = None) -> pd.DataFrame:
@@ -111,7 +131,8 @@ class CandidateGenerator:
             empty = np.zeros(0, dtype=np.int64)
             return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
                                     {source: empty for source in self.sources}
-                                    | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0)})
+                                    | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0),
+                                       "_sasrec": np.zeros(0), "_time": 0})
         if len(parts) == 1:
             return parts[0]
         return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
@@ -137,6 +158,8 @@ class CandidateGenerator:
         exclude = exclude or [set() for _ in range(len(users))]
         user_emb = self.model.user_embeddings(users) if user_emb is None else user_emb
         als_scores = self.als.scores(self.als.user_factors(users.history)) if self.als is not None else None
+        sasrec_scores = (self.sasrec.scores(self.sasrec.user_vectors(users.history))
+                         if self.sasrec is not None else None)
         _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
         n_catalog = len(self.item_available_from)
         out = []
@@ -157,12 +180,17 @@ class CandidateGenerator:
             covisit = self._covisit_list(covisit_items, covisit_sums, request_time, blocked,
                                          limits["covisit"] * 3 + len(blocked), limits["covisit"])
             lists = {"two_tower": ann, "trending": trending, "covisit": covisit,
-                     "_scores": (trending_scores, covisit_items, covisit_sums)}
+                     "_scores": (trending_scores, covisit_items, covisit_sums), "_time": request_time}
             if als_scores is not None:
                 limit = limits.get(ALS_SOURCE, self.config.n_als)
                 lists[ALS_SOURCE] = self._dense_list(als_scores[row], request_time, blocked,
                                                      limit * 3 + len(blocked), limit)
                 lists["_als"] = als_scores[row]
+            if sasrec_scores is not None:
+                limit = limits.get(SASREC_SOURCE, self.config.n_sasrec)
+                lists[SASREC_SOURCE] = self._dense_list(sasrec_scores[row], request_time, blocked,
+                                                        limit * 3 + len(blocked), limit)
+                lists["_sasrec"] = sasrec_scores[row]
             out.append(lists)
         return out
 
@@ -210,7 +238,7 @@ class CandidateGenerator:
 
     def _candidates(self, row: int, user_vector: np.ndarray, lists: dict) -> dict[str, np.ndarray]:
         """One request's candidates as columns, best first by two-tower score (stable)."""
-        with_als = self.als is not None
+        with_als, with_sasrec = self.als is not None, self.sasrec is not None
         source_lists = [lists[source] for source in self.sources]
         trending_scores, covisit_items, covisit_sums = lists["_scores"]
         proposed = np.concatenate(source_lists)
@@ -237,6 +265,8 @@ class CandidateGenerator:
                         ("covisit_rank", "from_covisit", self.config.n_covisit)]
         if with_als:
             rank_columns.append(("als_rank", "from_als", self.config.n_als))
+        if with_sasrec:
+            rank_columns.append(("sasrec_rank", "from_sasrec", self.config.n_sasrec))
         for source, (rank_column, flag_column, n) in enumerate(rank_columns):
             found = ranks[source] > 0
             columns[rank_column] = np.where(found, ranks[source], n + 1)
@@ -246,8 +276,12 @@ class CandidateGenerator:
         columns["covisit_score"] = _lookup(covisit_items, covisit_sums, items)
         if with_als:
             columns["als_score"] = np.asarray(lists["_als"], dtype=np.float64)[items]
+        if with_sasrec:
+            columns["sasrec_score"] = np.asarray(lists["_sasrec"], dtype=np.float64)[items]
         if self.config.relative_scores:
-            columns.update(relative_scores(columns, with_als))
+            columns.update(relative_scores(columns, with_als, with_sasrec))
+        if self.config.item_age:
+            columns["item_age_days"] = (lists["_time"] - self.item_available_from[items]) / 86_400.0
         return {column: columns[column] for column in ("position", "item_idx", *self.feature_columns)}
 
     def _trending_scores(self, request_time: int) -> np.ndarray:
@@ -272,8 +306,9 @@ class CandidateGenerator:
         return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
 
 
-def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool) -> dict[str, np.ndarray]:
-    """RELATIVE_FEATURES (+ ALS_RELATIVE_FEATURES) of one request's candidate columns: a
+def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool,
+                    with_sasrec: bool = False) -> dict[str, np.ndarray]:
+    """RELATIVE_FEATURES (+ ALS_ and SASREC_RELATIVE_FEATURES) of one request's candidate columns: a
     similarity minus the request's best (<= 0), a count over the request's largest (in [0, 1], 0
     when no candidate has any)."""
     def gap(values: np.ndarray) -> np.ndarray:
@@ -290,6 +325,8 @@ def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool) -> dict[s
            "covisit_score_share": share(columns["covisit_score"])}
     if with_als:
         out["als_score_gap"] = gap(columns["als_score"])
+    if with_sasrec:
+        out["sasrec_score_gap"] = gap(columns["sasrec_score"])
     return out
 
 
@@ -321,9 +358,13 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def primary_source(columns: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
-    """The first source (in SOURCES order, then ALS) that proposed each candidate (object array)."""
-    fallback = (np.where(np.asarray(columns["from_covisit"]) == 1, "covisit", ALS_SOURCE)
-                if "from_als" in columns else "covisit")
+    """The first source (in SOURCES order, then ALS, then SASRec) that proposed each candidate
+    (object array)."""
+    fallback = SASREC_SOURCE if "from_sasrec" in columns else "covisit"
+    if "from_als" in columns:
+        fallback = np.where(np.asarray(columns["from_als"]) == 1, ALS_SOURCE, fallback)
+    if "from_als" in columns or "from_sasrec" in columns:
+        fallback = np.where(np.asarray(columns["from_covisit"]) == 1, "covisit", fallback)
     source = np.where(np.asarray(columns["from_two_tower"]) == 1, "two_tower",
                       np.where(np.asarray(columns["from_trending"]) == 1, "trending", fallback))
     return source.astype(object)

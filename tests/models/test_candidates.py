@@ -68,6 +68,23 @@ def test_future_item_appears_once_it_exists(generator):
     assert len(lists[0]["two_tower"]) == N_ITEMS
 
 
+def test_item_age_is_days_from_creation_to_each_requests_time(generator):
+    from dataclasses import replace
+
+    from core.inference.candidates import ITEM_AGE_FEATURES
+
+    aged = replace(generator, config=replace(generator.config, item_age=True))
+    assert aged.feature_columns[-1:] == ITEM_AGE_FEATURES and "item_age_days" not in generator.feature_columns
+    users = UserFeatures(np.array([1, 5]), np.array([[0, 1, N_ITEMS], [N_ITEMS] * 3]))
+    times = np.array([21 * DAY, 25 * DAY + DAY // 2])
+    rows = aged.generate(users, times)
+    plain = generator.generate(users, times)
+    assert rows.drop(columns="item_age_days").equals(plain)  # nothing else changes
+    expected = (times[rows.position] - generator.item_available_from[rows.item_idx]) / DAY
+    np.testing.assert_allclose(rows.item_age_days, expected)
+    assert (rows.position == 1).any() and rows.item_age_days.min() >= 0  # never before creation
+
+
 def test_trending_as_of_uses_only_earlier_events():
     trending = TrendingRecommender(3).fit(np.zeros(3), np.array([0, 1, 2]), np.array([0, DAY, 2 * DAY]))
     scores = trending.scores_as_of(DAY)
