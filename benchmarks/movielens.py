@@ -142,6 +142,9 @@ def run_benchmark(
                 all_lists[f"{model} {part}"] = part_lists
             console.print(f"  {model}: {seconds:.2f}s")
         results["protocols"][name] = {
+            # Per-user NDCG@k of every model, for summaries over several seeds (`summarize_seeds`).
+            "user_ndcg": {model: {str(u): v for u, v in user_ndcg(protocol, lists, config.k).items()}
+                          for model, lists in all_lists.items()},
             "lift_over_best_peer": lift_over_best_peer(models, PLATFORM_MODEL, config.k),
             "paired": paired_lifts(protocol, models, all_lists, PLATFORM_MODEL, config.k, config.seed),
             "stats": protocol.stats,
@@ -229,6 +232,51 @@ def paired_lifts(protocol: Protocol, models: Mapping[str, Any], lists: Mapping[s
     return out
 
 
+def summarize_seeds(runs: Mapping[int, Mapping[str, Any]], k: int = 10) -> dict[str, Any]:
+    """Per protocol, over the runs of several seeds: each model's mean NDCG@k, the best peer and the
+    platform's best own source by that mean, the platform's ratio to each, and paired lifts with
+    bootstrap CIs over users of the per-user NDCG averaged over the seeds."""
+    metric = f"ndcg@{k}"
+    first = next(iter(runs.values()))
+    out: dict[str, Any] = {}
+    for name in first["protocols"]:
+        per_seed = [run["protocols"][name] for run in runs.values()]
+        models = per_seed[0]["models"]
+        mean = {model: float(np.mean([p["models"][model]["metrics"][metric] for p in per_seed]))
+                for model in models if all(model in p["models"] for p in per_seed)}
+        entry: dict[str, Any] = {"seeds": sorted(runs), f"mean_{metric}": mean}
+        if PLATFORM_MODEL in mean:
+            groups = {"best_peer": [m for m in mean if m not in NOT_PEERS and "component_of" not in models[m]],
+                      "best_own_source": [m for m in mean if models[m].get("component_of") == PLATFORM_MODEL]}
+            users = sorted(per_seed[0]["user_ndcg"][PLATFORM_MODEL])
+
+            def averaged(model: str) -> dict[str, float]:
+                return {u: float(np.mean([p["user_ndcg"][model][u] for p in per_seed])) for u in users}
+
+            ours = averaged(PLATFORM_MODEL)
+            for label, names in groups.items():
+                if names:
+                    best = max(names, key=mean.get)
+                    entry[label] = {"model": best, "ratio": mean[PLATFORM_MODEL] / mean[best] if mean[best] else None,
+                                    "paired": paired_lift(ours, averaged(best))}
+        out[name] = entry
+    return out
+
+
+def print_seed_summary(summary: Mapping[str, Any], k: int = 10) -> None:
+    for name, entry in summary.items():
+        mean = entry[f"mean_ndcg@{k}"]
+        console.print(f"[bold]{name}[/], mean of seeds {entry['seeds']}: platform NDCG@{k} "
+                      f"{mean.get(PLATFORM_MODEL, float('nan')):.4f}")
+        for label in ("best_peer", "best_own_source"):
+            if label in entry:
+                best, paired = entry[label], entry[label]["paired"]
+                low, high = paired["lift_ci"] or (float("nan"), float("nan"))
+                console.print(f"  vs {label.replace('_', ' ')} {best['model']} ({mean[best['model']]:.4f}): "
+                              f"{best['ratio']:.3f}x, paired lift of the seed-averaged per-user NDCG "
+                              f"{paired['lift']:+.1%} (95% CI {low:+.1%} .. {high:+.1%}, {paired['n_users']} users)")
+
+
 def _versions() -> dict[str, str]:
     import implicit
     import scipy
@@ -299,7 +347,8 @@ def main(
                                                    "../shared/datasets/ml-100k from the repo root)"),
     out: Path = typer.Option(REPO_ROOT / "reports" / "benchmarks" / "movielens.json", help="JSON output"),
     k: int = typer.Option(10, help="cut-off K of the metrics"),
-    seed: int = typer.Option(42, help="seed of random, ALS and BPR"),
+    seed: list[int] = typer.Option([42], help="seed of random, ALS, BPR and the platform; repeat it to run "
+                                              "several seeds and print their means"),
     window_days: float = typer.Option(30.0, help="window of recent popularity (days before the request)"),
     protocol: list[str] = typer.Option(["global", "per_user"], help="protocols to run"),
     quick: bool = typer.Option(False, help="tiny hyper-parameter grids (smoke test)"),
@@ -317,13 +366,21 @@ def main(
         console.print(f"[red]MovieLens-100K not found in {data_dir}[/] (download it from GroupLens; "
                       "it is not redistributed here)")
         raise typer.Exit(2)
-    config = PeerConfig(k=k, seed=seed, window_days=window_days,
-                        grids=dict(QUICK_GRIDS if quick else DEFAULT_GRIDS))
-    extra_models = load_extra_models(extra)
-    if platform_run:
-        extra_models.update(platform_models(data_dir, work_dir, seed, before=compare_before))
-    results = run_benchmark(data_dir, extra_models=extra_models, config=config, protocols=protocol)
-    print_tables(results)
+    runs: dict[int, dict[str, Any]] = {}
+    for one_seed in seed:
+        config = PeerConfig(k=k, seed=one_seed, window_days=window_days,
+                            grids=dict(QUICK_GRIDS if quick else DEFAULT_GRIDS))
+        extra_models = load_extra_models(extra)
+        if platform_run:
+            extra_models.update(platform_models(data_dir, work_dir, one_seed, before=compare_before))
+        runs[one_seed] = run_benchmark(data_dir, extra_models=extra_models, config=config, protocols=protocol)
+        print_tables(runs[one_seed])
+    if len(runs) == 1:
+        results = runs[seed[0]]
+    else:
+        results = {"seeds": {str(s): run for s, run in runs.items()}, "summary": summarize_seeds(runs, k),
+                   "seconds_total": round(sum(run["seconds_total"] for run in runs.values()), 2)}
+        print_seed_summary(results["summary"], k)
     written = write_json_atomic(results, out)
     console.print(f"{results['seconds_total']:.1f}s in all; results in {written}")
 

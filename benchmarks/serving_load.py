@@ -235,7 +235,8 @@ def _utc(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
-def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, seed: int, log) -> World:
+def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, seed: int, log,
+                    extra_sources: tuple[str, ...] = ()) -> World:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -249,7 +250,7 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
         user_daily_feature_names,
     )
     from core.inference import ann_index
-    from core.inference.candidates import RETRIEVAL_FEATURES, CandidateConfig
+    from core.inference.candidates import ALS_FEATURES, RETRIEVAL_FEATURES, SASREC_FEATURES, CandidateConfig
     from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
     from core.inference.inputs import IdMap, fit_user_input_spec, item_features
     from core.online_marker import write_marker
@@ -376,7 +377,9 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     rows["device"] = rng.choice(["mobile", "desktop", "tablet"], len(rows))
     rows["item_idx"] = item_map.to_idx(rows.item_id)
     rows["category"] = item_category[rows.item_idx]
-    for column in RETRIEVAL_FEATURES:
+    source_features = [*RETRIEVAL_FEATURES, *(ALS_FEATURES if "als" in extra_sources else []),
+                       *(SASREC_FEATURES if "sasrec" in extra_sources else [])]
+    for column in source_features:
         rows[column] = rng.random(len(rows)) if not column.startswith("from_") else rng.integers(0, 2, len(rows))
     rows["retrieval_rank"] = rng.integers(1, 501, len(rows))
     rows = (rows.merge(user_daily.drop(columns="event_timestamp").add_prefix("user_daily__")
@@ -412,11 +415,25 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
                 "retrieval_feature_service": "retrieval",
                 "retrieval_features": service_features(store, "retrieval").columns,
                 "candidates": CandidateConfig().__dict__, "synthetic": True}
+    extra = {}
+    if "als" in extra_sources:  # random factors: the cost of the user solve and scoring, not their quality
+        extra["als_item_factors"] = rng.normal(0, 0.1, (n_items, 32)).astype(np.float32)
+        manifest["als"] = {"regularization": 10.0, "alpha": 1.0, "factors": 32}
+    if "sasrec" in extra_sources:  # an untrained model of the default size: the cost of its forward pass
+        from dataclasses import asdict
+
+        from core.inference.sasrec import SASRecShape
+        from training.retrieval.sasrec import SASRecConfig, SASRecModel
+
+        sasrec = SASRecConfig()
+        shape = SASRecShape(n_items, sasrec.dim, sasrec.n_blocks, sasrec.n_heads, sasrec.max_len)
+        extra["sasrec_weights"] = SASRecModel(shape, 0.0).state_arrays()
+        manifest["sasrec"] = asdict(shape)
     bundle = Bundle.from_two_tower_state(
         model.state_arrays(), two_tower_config=model.metadata(), user_spec=user_spec, index=index,
         item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec, item_ids=item_ids, user_ids=user_ids,
         categories=categories, item_available_from=available, covisitation=covisit, trending_scores=trending,
-        manifest=manifest)
+        manifest=manifest, **extra)
     models_dir = root / "artifacts" / "models"
     bundle.save(models_dir, new_version())
     return World(repo, models_dir, project, user_ids.tolist())
@@ -740,6 +757,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the workdir and the Redis keys")
     parser.add_argument("--reuse", action="store_true", help="reuse a world kept (--keep) in --workdir")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--extra-sources", nargs="*", default=[], choices=["als", "sasrec"],
+                        help="synthetic world: also these candidate sources (and their ranker features)")
     args = parser.parse_args()
 
     os.environ.setdefault("REDIS_URL", "localhost:6379")
@@ -758,7 +777,8 @@ def main() -> None:
             world = World(Path(data["repo"]), Path(data["models_dir"]), data["project"], data["users"])
             log(f"reusing the world in {root}")
         elif args.world == "synthetic":
-            world = synthetic_world(root, args.items, args.users, args.ranker_trees, args.seed, log)
+            world = synthetic_world(root, args.items, args.users, args.ranker_trees, args.seed, log,
+                                    tuple(args.extra_sources))
         else:
             world = pipeline_world(root, args.items, args.users, args.events, args.seed, log)
         saved.write_text(json.dumps({"repo": str(world.repo), "models_dir": str(world.models_dir),
@@ -768,7 +788,8 @@ def main() -> None:
         log(f"world ready: {args.items:,} items, {len(world.users):,} users, project {world.project}")
 
         results: dict[str, object] = {"items": args.items, "candidates": args.candidates, "world": args.world,
-                                      "workers": args.workers, "max_batch": args.max_batch}
+                                      "extra_sources": args.extra_sources, "workers": args.workers,
+                                      "max_batch": args.max_batch}
         server = Server(world, root, free_port(), args.candidates, "cache", args.sample_rate, args.max_batch,
                         args.workers)
         try:

@@ -149,6 +149,7 @@ def trained_world(spark, tmp_path_factory) -> TrainedWorld:
     from training.data.synthetic import GeneratorConfig, generate
     from training.features.pipeline import run_feature_pipeline
     from training.pipeline import TrainConfig, train_two_stage
+    from training.retrieval.sasrec import SASRecConfig
 
     root = tmp_path_factory.mktemp("trained_world")
     settings = Settings(data_dir=root / "data", artifacts_dir=root / "artifacts", reports_dir=root / "reports")
@@ -163,6 +164,8 @@ def trained_world(spark, tmp_path_factory) -> TrainedWorld:
                          candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30))
     config.two_tower.epochs = 5
     config.bpr.epochs = 5
+    # A small SASRec, so the bundle the serving tests serve has every source and feature kind.
+    config.sasrec = SASRecConfig(dim=16, epochs=3, warm_epochs=1, batch_size=256)
     result = train_two_stage(spark, feast_repo.feature_store(repo), settings, config)
     yield TrainedWorld(settings, repo, project, env, result)
     feast_repo.delete_online_rows(project)

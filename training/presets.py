@@ -12,6 +12,7 @@ from datetime import date
 
 from core.inference.candidates import CandidateConfig
 from training.pipeline import TrainConfig
+from training.retrieval.sasrec import SASRecConfig
 
 # MovieLens-100K's windows (days): test, validation, ranker requests. A data set's span decides the
 # windows of `backtest_config`: validation and ranker windows are these shares of it, bounded.
@@ -66,6 +67,11 @@ def movielens_train_config(request_mode: str = "session", seed: int = 7) -> Trai
         config.candidates.n_ann = 0
         config.candidates.relative_scores = True
         config.ranker_grid = {"objective": ["lambdarank", "rank_xendcg"]}
+        # SASRec as one more source and feature: per-user validation NDCG@10 0.2445 against 0.2164
+        # without it (SASRec alone 0.2146, ALS alone 0.2121). On the global split it lost (0.2074
+        # against 0.2256): daily requests at midnight see whole finished sessions, not the middle
+        # of one, so the daily preset leaves it out.
+        config.sasrec = SASRecConfig(seed=seed)
     return config
 
 

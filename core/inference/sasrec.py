@@ -9,8 +9,8 @@ The model (Kang & McAuley 2018, pre-LayerNorm blocks): the history in time order
 `max_len`, so the newest item always sits at the last position; item embedding x sqrt(d) plus a
 learned position embedding; `n_blocks` x [LayerNorm -> causal multi-head self-attention ->
 residual, LayerNorm -> ReLU feed-forward -> residual, padding rows zeroed]; a final LayerNorm. The
-last position's output, dotted with the (shared) item embeddings, scores every item as the next
-one.
+last position's output, dotted with the (shared) item embeddings, gives every item's logit as the
+next one; `scores` turns them into probabilities.
 """
 
 from __future__ import annotations
@@ -123,5 +123,13 @@ class SASRecScorer:
         return np.where(valid[:, -1:], last, 0).astype(np.float32)
 
     def scores(self, user_vectors: np.ndarray) -> np.ndarray:
-        """(n, n_items) float32 next-item scores."""
-        return np.asarray(user_vectors, dtype=np.float32) @ self.item_embeddings.T
+        """(n, n_items) float32 next-item probabilities: the softmax of the logits over the catalog
+        (positive, as candidate lists keep only positive scores, and comparable between users); 0
+        everywhere for an empty history."""
+        vectors = np.asarray(user_vectors, dtype=np.float32)
+        logits = vectors @ self.item_embeddings.T
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        probabilities[~vectors.any(axis=1)] = 0.0
+        return probabilities

@@ -141,6 +141,39 @@ def test_a_models_parts_get_rows_and_paired_lifts_with_cis(bench, fake_ml):
     bench.print_tables(results)
 
 
+def test_several_seeds_are_summarised_by_their_means_and_a_pooled_paired_lift(bench, fake_ml, tmp_path):
+    import typer
+
+    app = typer.Typer()
+    app.command()(bench.main)
+    out = tmp_path / "seeds.json"
+    result = CliRunner().invoke(app, ["--data", str(fake_ml), "--out", str(out), "--quick", "--protocol", "per_user",
+                                      "--no-platform", "--seed", "1", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert sorted(written["seeds"]) == ["1", "2"]
+    runs = {int(s): run for s, run in written["seeds"].items()}
+    random_means = [run["protocols"]["per_user"]["models"]["random"]["metrics"]["ndcg@10"] for run in runs.values()]
+    mean = written["summary"]["per_user"]["mean_ndcg@10"]
+    assert mean["random"] == pytest.approx(np.mean(random_means)) and random_means[0] != random_means[1]
+
+    # With a platform: the ratio to the best peer by mean, and the paired lift of the seed-averaged
+    # per-user NDCG (the platform ranks every user's held-out items first: better for everybody).
+    for run in runs.values():
+        protocol = run["protocols"]["per_user"]
+        perfect = {u: 1.0 for u in protocol["user_ndcg"]["random"]}
+        protocol["user_ndcg"][bench.PLATFORM_MODEL] = perfect
+        protocol["models"][bench.PLATFORM_MODEL] = {"metrics": {"ndcg@10": 1.0}}
+    summary = bench.summarize_seeds(runs)["per_user"]
+    peers = {m: v for m, v in summary["mean_ndcg@10"].items() if m not in ("random", bench.PLATFORM_MODEL)}
+    best = max(peers, key=peers.get)
+    assert summary["best_peer"]["model"] == best and summary["best_peer"]["ratio"] == pytest.approx(1 / peers[best])
+    paired = summary["best_peer"]["paired"]
+    assert paired["ours"] == pytest.approx(1.0) and paired["theirs"] == pytest.approx(peers[best])
+    assert paired["lift_ci"][0] > 0 and "best_own_source" not in summary
+    bench.print_seed_summary(bench.summarize_seeds(runs))
+
+
 def test_movielens_configs_per_request_mode_and_before_issue_15():
     from training.evaluation.two_stage_benchmark import before_issue_15, movielens_train_config
 
@@ -148,7 +181,8 @@ def test_movielens_configs_per_request_mode_and_before_issue_15():
     assert (session.candidates.n_ann, session.candidates.relative_scores) == (0, True)
     assert session.ranker_grid == {"objective": ["lambdarank", "rank_xendcg"]}
     assert (daily.candidates.n_ann, daily.candidates.relative_scores, daily.ranker_grid) == (200, False, None)
-    assert session.ranker.seed == session.als.seed == 3
+    assert session.ranker.seed == session.als.seed == session.sasrec.seed == 3
+    assert daily.sasrec is None  # SASRec lost on the global validation split
     before = before_issue_15(movielens_train_config("session", 3))
-    assert (before.als, before.source_refit_days, before.refit_ranker) == (None, None, False)
+    assert (before.als, before.sasrec, before.source_refit_days, before.refit_ranker) == (None, None, None, False)
     assert (before.candidates.n_ann, before.candidates.relative_scores, before.ranker_grid) == (200, False, None)

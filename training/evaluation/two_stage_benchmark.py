@@ -35,10 +35,10 @@ REQUEST_MODES = {"global": "daily", "per_user": "session"}
 
 
 def before_issue_15(config: TrainConfig) -> TrainConfig:
-    """`config` as the platform trained before issue #15: no ALS source, candidate sources fitted
+    """`config` as the platform trained before issue #15: no ALS or SASRec source, candidate sources fitted
     once at the start of the ranker's window, the ranker as validated (no refit), 200 two-tower
     candidates, no relative scores, one ranker objective."""
-    config.als = None
+    config.als = config.sasrec = None
     config.source_refit_days = None
     config.refit_ranker = False
     config.candidates.n_ann, config.candidates.relative_scores, config.ranker_grid = 200, False, None
