@@ -250,7 +250,14 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
         user_daily_feature_names,
     )
     from core.inference import ann_index
-    from core.inference.candidates import ALS_FEATURES, RETRIEVAL_FEATURES, SASREC_FEATURES, CandidateConfig
+    from core.inference.baselines import keep_top_per_row
+    from core.inference.candidates import (
+        ALS_FEATURES,
+        ITEM_KNN_FEATURES,
+        RETRIEVAL_FEATURES,
+        SASREC_FEATURES,
+        CandidateConfig,
+    )
     from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
     from core.inference.inputs import IdMap, fit_user_input_spec, item_features
     from core.online_marker import write_marker
@@ -378,7 +385,8 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
     rows["item_idx"] = item_map.to_idx(rows.item_id)
     rows["category"] = item_category[rows.item_idx]
     source_features = [*RETRIEVAL_FEATURES, *(ALS_FEATURES if "als" in extra_sources else []),
-                       *(SASREC_FEATURES if "sasrec" in extra_sources else [])]
+                       *(SASREC_FEATURES if "sasrec" in extra_sources else []),
+                       *(ITEM_KNN_FEATURES if "item_knn" in extra_sources else [])]
     for column in source_features:
         rows[column] = rng.random(len(rows)) if not column.startswith("from_") else rng.integers(0, 2, len(rows))
     rows["retrieval_rank"] = rng.integers(1, 501, len(rows))
@@ -429,6 +437,12 @@ def synthetic_world(root: Path, n_items: int, n_users: int, ranker_trees: int, s
         shape = SASRecShape(n_items, sasrec.dim, sasrec.n_blocks, sasrec.n_heads, sasrec.max_len)
         extra["sasrec_weights"] = SASRecModel(shape, 0.0).state_arrays()
         manifest["sasrec"] = asdict(shape)
+    if "item_knn" in extra_sources:  # 100 random neighbours per item: the cost of the seeds' row sums
+        knn_rows = np.repeat(np.arange(n_items), 100)
+        extra["item_knn"] = keep_top_per_row(sp.csr_matrix(
+            (rng.random(len(knn_rows)), (knn_rows, rng.choice(n_items, len(knn_rows), p=item_p))),
+            shape=(n_items, n_items)), 100)
+        manifest["item_knn"] = {"neighbours": 100}
     bundle = Bundle.from_two_tower_state(
         model.state_arrays(), two_tower_config=model.metadata(), user_spec=user_spec, index=index,
         item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec, item_ids=item_ids, user_ids=user_ids,
@@ -757,7 +771,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the workdir and the Redis keys")
     parser.add_argument("--reuse", action="store_true", help="reuse a world kept (--keep) in --workdir")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--extra-sources", nargs="*", default=[], choices=["als", "sasrec"],
+    parser.add_argument("--extra-sources", nargs="*", default=[], choices=["als", "sasrec", "item_knn"],
                         help="synthetic world: also these candidate sources (and their ranker features)")
     args = parser.parse_args()
 

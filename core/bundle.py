@@ -58,6 +58,7 @@ COVISITATION = "covisitation.npz"
 TRENDING_SCORES = "trending_scores.npy"
 ALS_ITEM_FACTORS = "als_item_factors.npy"  # optional: bundles with the ALS source (manifest "als")
 SASREC_WEIGHTS = "sasrec.npz"  # optional: bundles with the SASRec source (manifest "sasrec": its shape)
+ITEM_KNN = "item_knn.npz"  # optional: bundles with the item-kNN source (item x item CSR, manifest "item_knn")
 REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
 # manifest name -> distribution names to try (the first installed one wins)
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -106,6 +107,8 @@ class Bundle:
     # SASRec's weights by name (`core.inference.sasrec.weight_names`); the manifest's "sasrec"
     # entry holds its shape.
     sasrec_weights: dict[str, np.ndarray] | None = None
+    # Item-kNN similarities (item x item, each row an item's nearest items).
+    item_knn: sp.csr_matrix | None = None
 
     def sasrec_scorer(self):
         """The SASRec forward pass over the bundle's weights, or None for a bundle without SASRec."""
@@ -161,6 +164,8 @@ class Bundle:
             writers[ALS_ITEM_FACTORS] = lambda p: _save_npy(p, np.asarray(self.als_item_factors, dtype=np.float32))
         if self.sasrec_weights is not None:
             writers[SASREC_WEIGHTS] = lambda p: _save_npz(p, self.sasrec_weights)
+        if self.item_knn is not None:
+            writers[ITEM_KNN] = lambda p: sp.save_npz(p, sp.csr_matrix(self.item_knn))
         return write_bundle(models_dir, version, writers, self.manifest)
 
     @classmethod
@@ -192,6 +197,7 @@ class Bundle:
             als_item_factors=(_load_npy(bundle_dir / ALS_ITEM_FACTORS) if ALS_ITEM_FACTORS in manifest["files"]
                               else None),
             sasrec_weights=(_load_npz(bundle_dir / SASREC_WEIGHTS) if SASREC_WEIGHTS in manifest["files"] else None),
+            item_knn=sp.load_npz(bundle_dir / ITEM_KNN).tocsr() if ITEM_KNN in manifest["files"] else None,
         )
 
 

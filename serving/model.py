@@ -61,10 +61,14 @@ class BundleTrending:
 
 
 class BundleCovisitation:
-    """`CoVisitationRecommender` stand-in over the bundle's `covisitation.npz` (item x item CSR)."""
+    """`CoVisitationRecommender` stand-in over the bundle's `covisitation.npz` (item x item CSR);
+    also the item-kNN source's, over `item_knn.npz`."""
 
     def __init__(self, matrix: sp.csr_matrix) -> None:
         self.matrix = matrix.tocsr()
+        if self.matrix.shape[0] != self.matrix.shape[1]:
+            raise BundleError(f"an item x item matrix of shape {self.matrix.shape} is not square")
+        self.matrix.check_format(full_check=True)  # column indices within the catalog, sorted rows
         self.n_items = self.matrix.shape[0]
 
     def similar_items(self, item_idx: int, k: int) -> list[tuple[int, float]]:
@@ -127,6 +131,7 @@ class LoadedModel:
         item_ids, user_ids, available = IdMap(bundle.item_ids), IdMap(bundle.user_ids), bundle.item_available_from
         trending, covisit = BundleTrending(bundle.trending_scores), BundleCovisitation(bundle.covisitation)
         als, sasrec = bundle.als_solver(), bundle.sasrec_scorer()
+        item_knn = BundleCovisitation(bundle.item_knn) if bundle.item_knn is not None else None
         manifest, user_spec, categories = bundle.manifest, bundle.user_spec, bundle.categories
 
         n_items = len(item_ids)
@@ -137,13 +142,15 @@ class LoadedModel:
             sizes["als_item_factors"] = als.n_items
         if sasrec is not None:
             sizes["sasrec items"] = sasrec.n_items
+        if item_knn is not None:
+            sizes["item_knn"] = item_knn.n_items
         wrong = {name: size for name, size in sizes.items() if size != n_items}
         if wrong:
             raise BundleError(f"bundle {bundle_dir.name}: {n_items} item ids but sizes {wrong}")
         if booster.feature_name() != spec.columns:
             raise BundleError(f"bundle {bundle_dir.name}: ranker features differ from ranker_spec.json")
         generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates, als,
-                                       sasrec)
+                                       sasrec, item_knn)
         return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, booster, spec, item_ids,
                    user_ids, categories, available, trending, covisit, generator)
 

@@ -166,6 +166,7 @@ def trained_world(spark, tmp_path_factory) -> TrainedWorld:
     config.bpr.epochs = 5
     # A small SASRec, so the bundle the serving tests serve has every source and feature kind.
     config.sasrec = SASRecConfig(dim=16, epochs=3, warm_epochs=1, batch_size=256)
+    config.item_knn_neighbours = 50
     result = train_two_stage(spark, feast_repo.feature_store(repo), settings, config)
     yield TrainedWorld(settings, repo, project, env, result)
     feast_repo.delete_online_rows(project)

@@ -24,8 +24,13 @@ from rich.console import Console
 
 from core.contracts import RANKING_SERVICE, RETRIEVAL_SERVICE, service_features
 from core.inference import ann_index
-from core.inference.baselines import CoVisitationRecommender, PopularityRecommender, TrendingRecommender
-from core.inference.candidates import CandidateConfig, CandidateGenerator
+from core.inference.baselines import (
+    CoVisitationRecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    TrendingRecommender,
+)
+from core.inference.candidates import SOURCE_COLUMNS, CandidateConfig, CandidateGenerator
 from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
 from core.inference.inputs import IdMap, UserInputSpec, fit_user_input_spec, item_features, user_features
 from core.inference.ranker import score as ranker_score
@@ -83,6 +88,9 @@ class TrainConfig:
     # warm-started from the last (`training.retrieval.sasrec.SASRecFitter`).
     sasrec: SASRecConfig | None = None
     sasrec_refit_days: int | None = 28
+    # The item-kNN candidate source and ranker features (items similar by who interacted with them,
+    # each item's `item_knn_neighbours` nearest kept; refitted like trending); None leaves it out.
+    item_knn_neighbours: int | None = None
     # After validation has chosen the ranker's rounds, refit it on the training and validation
     # requests together with that many rounds; the bundle ships the refitted ranker.
     refit_ranker: bool = True
@@ -214,11 +222,28 @@ def build_index(model, items_in, user_rows, n_queries: int = 1000):
     return item_emb, index, ann_index.recall_vs_exact(index, item_emb, queries, 100)
 
 
+@dataclass
+class FittedSources:
+    """The candidate sources fitted on one stretch of events (optional ones None when left out)."""
+
+    trending: TrendingRecommender
+    covisit: CoVisitationRecommender
+    als: object | None = None  # core.inference.als.ALSUserSolver
+    sasrec: object | None = None  # core.inference.sasrec.SASRecScorer
+    item_knn: ItemKNNRecommender | None = None
+
+    def generator(self, model, item_emb: np.ndarray, index, catalog: Catalog,
+                  candidates: CandidateConfig) -> CandidateGenerator:
+        return CandidateGenerator(model, item_emb, index, catalog.available_from, self.trending, self.covisit,
+                                  candidates, self.als, self.sasrec, self.item_knn)
+
+
 def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALSConfig | None = None,
-                sasrec: SASRecFitter | None = None, final: bool = False):
-    """Trending, co-visitation, (with an `als` config) ALS item factors and (with a `sasrec`
-    fitter) SASRec, fitted on events strictly before `before` (epoch s); ALS and SASRec are None
-    without them. `final`: SASRec fitted up to `before` whatever its refit period."""
+                sasrec: SASRecFitter | None = None, final: bool = False,
+                item_knn_neighbours: int | None = None) -> FittedSources:
+    """Trending, co-visitation, (with an `als` config) ALS item factors, (with a `sasrec` fitter)
+    SASRec and (with `item_knn_neighbours`) item-kNN, fitted on events strictly before `before`
+    (epoch s). `final`: SASRec fitted up to `before` whatever its refit period."""
     past = events_np[events_np.ts < before]
     n_items = len(catalog.item_ids)
     trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=before)
@@ -228,7 +253,9 @@ def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALS
     sasrec_model = None
     if sasrec is not None:
         sasrec_model = (sasrec.final if final else sasrec.at)(events_np, before, n_items)
-    return trending, covisit, als_model, sasrec_model
+    item_knn = (ItemKNNRecommender(n_items, item_knn_neighbours).fit(past.user_idx, past.item_idx)
+                if item_knn_neighbours else None)
+    return FittedSources(trending, covisit, als_model, sasrec_model, item_knn)
 
 
 def choose_als(events_np: pd.DataFrame, catalog: Catalog, before: int, user_spec: UserInputSpec, request_data,
@@ -376,6 +403,7 @@ class TrainedTwoStage:
     als: ALSConfig | None = None
     retrieval: tuple | None = None  # `train_retrieval`'s result, reusable by another run on the same data
     sasrec: SASRecFitter | None = None
+    item_knn_neighbours: int | None = None
 
 
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
@@ -437,9 +465,8 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     sasrec = SASRecFitter(config.sasrec, config.sasrec_refit_days) if config.sasrec is not None else None
 
     def make_generator(before: int, final: bool = False) -> CandidateGenerator:
-        trending, covisit, als, sasrec_model = fit_sources(events_np, before, catalog, als_config, sasrec, final)
-        return CandidateGenerator(model, item_emb, index, catalog.available_from, trending, covisit,
-                                  config.candidates, als, sasrec_model)
+        sources = fit_sources(events_np, before, catalog, als_config, sasrec, final, config.item_knn_neighbours)
+        return sources.generator(model, item_emb, index, catalog, config.candidates)
 
     user_probe = user_features(pd.read_parquet(retrieval_stats["val_users_path"]), catalog.user_ids,
                                catalog.item_ids, user_spec)
@@ -492,7 +519,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     k_max = max(KS)
     lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
-    lists.update(source_alone_lists(test_rows, ("two_tower", "als", "sasrec"), k_max))
+    lists.update(source_alone_lists(test_rows, ("two_tower", "als", "sasrec", "item_knn"), k_max))
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
     if ranker is not validated:  # the ranker as validated, before its refit: both are reported
         lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
@@ -510,7 +537,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates, als_config, retrieval, sasrec)
+                           config.candidates, als_config, retrieval, sasrec, config.item_knn_neighbours)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
@@ -521,10 +548,10 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     `exclude` maps a request_id to item ids it must not be shown; None leaves out, for each
     request, the items its user interacted with before the request's time."""
     catalog, events_np = trained.catalog, trained.events_np
-    trending, covisit, als, sasrec = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als,
-                                                 trained.sasrec, final=True)
-    generator = CandidateGenerator(trained.two_tower, trained.item_embeddings, trained.index,
-                                   catalog.available_from, trending, covisit, trained.candidates, als, sasrec)
+    sources = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als, trained.sasrec, final=True,
+                          item_knn_neighbours=trained.item_knn_neighbours)
+    generator = sources.generator(trained.two_tower, trained.item_embeddings, trained.index, catalog,
+                                  trained.candidates)
     frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
     with_users = with_user_features(store, spark, spark.createDataFrame(frame), trained.work / f"{name}_users")
     if exclude is None:
@@ -556,12 +583,6 @@ def source_alone_lists(rows: pd.DataFrame, sources: tuple[str, ...], k: int, key
             proposed = rows[rows[flag] == 1].assign(_order=lambda r, rank=rank: -r[rank].astype(float))
             out[source] = ranked_lists(proposed, "_order", k, key)
     return out
-
-
-# Each candidate source's flag and rank columns (the source's own order).
-SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending": ("from_trending", "trending_rank"),
-                  "covisit": ("from_covisit", "covisit_rank"), "als": ("from_als", "als_rank"),
-                  "sasrec": ("from_sasrec", "sasrec_rank")}
 
 
 class RankedLists(dict):
@@ -614,6 +635,7 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "als": ({"regularization": generator.als.regularization, "alpha": generator.als.alpha,
                  "factors": generator.als.factors} if generator.als is not None else None),
         "sasrec": asdict(generator.sasrec.shape) if generator.sasrec is not None else None,
+        "item_knn": {"neighbours": generator.item_knn.neighbours} if generator.item_knn is not None else None,
     }
     bundle = Bundle.from_two_tower_state(
         two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
@@ -622,7 +644,8 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         item_available_from=catalog.available_from, covisitation=covisit.matrix.tocsr(),
         trending_scores=trending.item_scores,
         als_item_factors=generator.als.item_factors if generator.als is not None else None,
-        sasrec_weights=generator.sasrec.weights if generator.sasrec is not None else None, manifest=manifest,
+        sasrec_weights=generator.sasrec.weights if generator.sasrec is not None else None,
+        item_knn=generator.item_knn.matrix.tocsr() if generator.item_knn is not None else None, manifest=manifest,
     ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle

@@ -1,4 +1,4 @@
-"""Non-learned retrieval baselines: popularity, time-decayed trending and item co-visitation.
+"""Non-learned retrieval baselines: popularity, time-decayed trending, item co-visitation and item-kNN.
 
 All recommenders take interaction arrays of equal length: `user_idx`, `item_idx`, `timestamp`
 (int64 epoch seconds) and an optional `weight` (e.g. event-type weight; 1 by default).
@@ -269,3 +269,63 @@ class CoVisitationRecommender:
             self.recommend_from_items(self.user_history.get(int(u), ()), k, exclude.get(int(u)))
             for u in user_idxs
         ]
+
+
+def cosine_item_similarity(matrix: sp.csr_matrix, neighbours: int | None = None) -> sp.csr_matrix:
+    """Item x item cosine similarity of the columns of a user x item matrix, zero diagonal; with
+    `neighbours`, each row keeps its `neighbours` largest entries only (ties by lower item index)."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float64)
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel())
+    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    normalised = matrix @ sp.diags(inverse)
+    similarity = (normalised.T @ normalised).tocsr()
+    similarity.setdiag(0.0)
+    similarity.eliminate_zeros()
+    return keep_top_per_row(similarity, neighbours) if neighbours is not None else similarity
+
+
+def keep_top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """`matrix` with each row's `n` largest entries only (ties by lower column index), CSR."""
+    matrix = sp.csr_matrix(matrix)
+    matrix.sort_indices()
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    # Within each row: highest value first, lower column first among ties.
+    order = np.lexsort((matrix.indices, -matrix.data, rows))
+    rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], np.diff(matrix.indptr))
+    keep = order[rank < n]
+    return sp.csr_matrix((matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape)
+
+
+class ItemKNNRecommender:
+    """Item-based collaborative filtering: cosine similarity of items over who interacted with them.
+
+    Unlike co-visitation (pairs of events close in time), two items are similar when the same users
+    interacted with them at any time. The binary user x item matrix of the fitted events gives each
+    item its `neighbours` most similar items; a user is recommended the items most similar to their
+    recent items, similarities summed.
+    """
+
+    def __init__(self, n_items: int, neighbours: int = 100) -> None:
+        if neighbours < 1:
+            raise ValueError("neighbours must be at least 1")
+        self.n_items = n_items
+        self.neighbours = neighbours
+        self.matrix = sp.csr_matrix((n_items, n_items))
+
+    def fit(self, user_idx: np.ndarray, item_idx: np.ndarray) -> ItemKNNRecommender:
+        user_idx, item_idx, _ = _validate_events(self.n_items, user_idx, item_idx, None, None)
+        n_users = int(user_idx.max()) + 1 if user_idx.size else 0
+        interactions = sp.csr_matrix((np.ones(len(item_idx)), (user_idx, item_idx)), shape=(n_users, self.n_items))
+        interactions.data[:] = 1.0  # binary: duplicates were summed
+        self.matrix = cosine_item_similarity(interactions, self.neighbours)
+        return self
+
+    def recommend_from_items(self, item_idxs: Sequence[int] | np.ndarray, k: int,
+                             exclude: Iterable[int] | None = None) -> list[int]:
+        """Items most similar to `item_idxs` (similarities summed), excluding the seed items."""
+        seeds = np.asarray(item_idxs, dtype=np.int64)
+        if seeds.size == 0:
+            return []
+        seed_rows = self.matrix[seeds]
+        scores = np.bincount(seed_rows.indices, weights=seed_rows.data, minlength=self.n_items)
+        return top_k_items(scores, k, set(seeds.tolist()) | set(exclude or ()), min_score=0.0)

@@ -1,4 +1,5 @@
-"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS, + SASRec), merged and de-duplicated.
+"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS, + SASRec, + item-kNN), merged and
+de-duplicated.
 
 Used for the ranker's training requests, for offline evaluation and by the serving layer, so the
 ranker always sees candidates drawn the same way. Every candidate carries the features the ranker
@@ -8,7 +9,8 @@ model (`core.inference.als`) adds a fourth source and ALS_FEATURES: the ALS scor
 candidate (user factors solved from the request's history), its rank in the ALS list, and whether
 ALS proposed it; without one the columns are exactly the three sources' ones. A SASRec model
 (`core.inference.sasrec`) adds SASREC_FEATURES the same way (the next-item score of the request's
-history).
+history). An item-kNN model (`core.inference.baselines.ItemKNNRecommender`) adds ITEM_KNN_FEATURES:
+the summed cosine similarity of each candidate to the request's recent items.
 """
 
 from __future__ import annotations
@@ -44,13 +46,21 @@ ALS_RELATIVE_FEATURES = ["als_score_gap"]
 SASREC_SOURCE = "sasrec"
 SASREC_FEATURES = ["sasrec_score", "sasrec_rank", "from_sasrec"]
 SASREC_RELATIVE_FEATURES = ["sasrec_score_gap"]
+ITEM_KNN_SOURCE = "item_knn"
+ITEM_KNN_FEATURES = ["item_knn_score", "item_knn_rank", "from_item_knn"]
+ITEM_KNN_RELATIVE_FEATURES = ["item_knn_score_share"]
 # With `CandidateConfig.item_age`: days from the item's creation to the request (a new release
 # differs from an old item with the same recent counts).
 ITEM_AGE_FEATURES = ["item_age_days"]
 # Every candidate column a ranker may be trained on (ALS_FEATURES only with an ALS source,
 # SASREC_FEATURES only with a SASRec source).
 CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES, *RELATIVE_FEATURES, *ALS_RELATIVE_FEATURES,
-                      *ITEM_AGE_FEATURES, *SASREC_FEATURES, *SASREC_RELATIVE_FEATURES]
+                      *ITEM_AGE_FEATURES, *SASREC_FEATURES, *SASREC_RELATIVE_FEATURES, *ITEM_KNN_FEATURES,
+                      *ITEM_KNN_RELATIVE_FEATURES]
+# Each source's flag and rank columns (the rank is the source's own order), in `sources` order.
+SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending": ("from_trending", "trending_rank"),
+                  "covisit": ("from_covisit", "covisit_rank"), ALS_SOURCE: ("from_als", "als_rank"),
+                  SASREC_SOURCE: ("from_sasrec", "sasrec_rank"), ITEM_KNN_SOURCE: ("from_item_knn", "item_knn_rank")}
 
 
 @dataclass
@@ -61,10 +71,19 @@ class CandidateConfig:
     covisit_seeds: int = 5
     n_als: int = 100  # used only by a generator with an ALS model
     n_sasrec: int = 100  # used only by a generator with a SASRec model
+    n_item_knn: int = 100  # used only by a generator with an item-kNN model
+    item_knn_seeds: int = 20  # the request's most recent items whose neighbours are summed
     # Also RELATIVE_FEATURES (and ALS_RELATIVE_FEATURES with ALS): per-request normalised scores.
     relative_scores: bool = False
     # Also ITEM_AGE_FEATURES.
     item_age: bool = False
+
+
+class ItemSimilarity(Protocol):
+    """What candidate assembly needs of an item x item source (co-visitation, item-kNN): training
+    passes the fitted recommender, serving an adapter over the bundle's sparse matrix."""
+
+    matrix: sp.csr_matrix
 
 
 class UserEncoder(Protocol):
@@ -85,11 +104,13 @@ class CandidateGenerator:
     config: CandidateConfig = field(default_factory=CandidateConfig)
     als: ALSUserSolver | None = None
     sasrec: SASRecScorer | None = None
+    item_knn: ItemSimilarity | None = None
 
     @property
     def sources(self) -> tuple[str, ...]:
         return (*SOURCES, *((ALS_SOURCE,) if self.als is not None else ()),
-                *((SASREC_SOURCE,) if self.sasrec is not None else ()))
+                *((SASREC_SOURCE,) if self.sasrec is not None else ()),
+                *((ITEM_KNN_SOURCE,) if self.item_knn is not None else ()))
 
     @property
     def feature_columns(self) -> list[str]:
@@ -101,11 +122,14 @@ class CandidateGenerator:
             columns += ITEM_AGE_FEATURES
         if self.sasrec is not None:
             columns += [*SASREC_FEATURES, *(SASREC_RELATIVE_FEATURES if self.config.relative_scores else [])]
+        if self.item_knn is not None:
+            columns += [*ITEM_KNN_FEATURES, *(ITEM_KNN_RELATIVE_FEATURES if self.config.relative_scores else [])]
         return columns
 
     def _limits(self) -> dict[str, int]:
         return {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
-                "covisit": self.config.n_covisit, ALS_SOURCE: self.config.n_als, SASREC_SOURCE: self.config.n_sasrec}
+                "covisit": self.config.n_covisit, ALS_SOURCE: self.config.n_als, SASREC_SOURCE: self.config.n_sasrec,
+                ITEM_KNN_SOURCE: self.config.n_item_knn}
 
     def generate(self, users: UserFeatures, request_times: np.ndarray,
                  exclude: list[set[int]] | None = None) -> pd.DataFrame:
@@ -132,7 +156,7 @@ class CandidateGenerator:
             return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
                                     {source: empty for source in self.sources}
                                     | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0),
-                                       "_sasrec": np.zeros(0), "_time": 0})
+                                       "_sasrec": np.zeros(0), "_item_knn": (empty, np.zeros(0)), "_time": 0})
         if len(parts) == 1:
             return parts[0]
         return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
@@ -177,8 +201,8 @@ class CandidateGenerator:
             trending = self._trending_list(trending_scores, request_time, blocked,
                                            limits["trending"] * 3 + len(blocked), limits["trending"])
             covisit_items, covisit_sums = self._covisit_sparse(seeds)
-            covisit = self._covisit_list(covisit_items, covisit_sums, request_time, blocked,
-                                         limits["covisit"] * 3 + len(blocked), limits["covisit"])
+            covisit = self._sparse_list(covisit_items, covisit_sums, request_time, blocked,
+                                        limits["covisit"] * 3 + len(blocked), limits["covisit"])
             lists = {"two_tower": ann, "trending": trending, "covisit": covisit,
                      "_scores": (trending_scores, covisit_items, covisit_sums), "_time": request_time}
             if als_scores is not None:
@@ -191,6 +215,10 @@ class CandidateGenerator:
                 lists[SASREC_SOURCE] = self._dense_list(sasrec_scores[row], request_time, blocked,
                                                         limit * 3 + len(blocked), limit)
                 lists["_sasrec"] = sasrec_scores[row]
+            if self.item_knn is not None:
+                lists[ITEM_KNN_SOURCE], lists["_item_knn"] = self._item_knn_list(
+                    history[history < n_catalog], request_time, blocked, limits.get(ITEM_KNN_SOURCE,
+                                                                                    self.config.n_item_knn))
             out.append(lists)
         return out
 
@@ -219,10 +247,20 @@ class CandidateGenerator:
         top = order[:min(m, len(scores))]
         return self._first_allowed(top, scores[top], request_time, blocked, limit)
 
-    def _covisit_list(self, items: np.ndarray, sums: np.ndarray, request_time: int, blocked: np.ndarray,
-                      m: int, limit: int) -> np.ndarray:
-        """The co-visitation list from the seeds' sparse sums (`_covisit_sparse`): what `_top` of
-        the dense scores gives, since every item outside `items` scores 0 and is dropped anyway."""
+    def _item_knn_list(self, history: np.ndarray, request_time: int, blocked: np.ndarray,
+                       limit: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The item-kNN list of one request and its sparse sums: neighbours of the request's last
+        `item_knn_seeds` items, the seeds themselves left out."""
+        seeds = history[: self.config.item_knn_seeds]
+        items, sums = _sparse_row_sums(self.item_knn.matrix, seeds)
+        blocked = np.union1d(blocked, seeds)
+        return self._sparse_list(items, sums, request_time, blocked, limit * 3 + len(blocked), limit), (items, sums)
+
+    def _sparse_list(self, items: np.ndarray, sums: np.ndarray, request_time: int, blocked: np.ndarray,
+                     m: int, limit: int) -> np.ndarray:
+        """An item x item source's list from the seeds' sparse sums (`_sparse_row_sums`): what
+        `_top` of the dense scores gives, since every item outside `items` scores 0 and is dropped
+        anyway."""
         positive = sums > 0
         items, sums = items[positive], sums[positive]
         # `items` ascending, so a stable sort breaks ties by lower index
@@ -267,6 +305,8 @@ class CandidateGenerator:
             rank_columns.append(("als_rank", "from_als", self.config.n_als))
         if with_sasrec:
             rank_columns.append(("sasrec_rank", "from_sasrec", self.config.n_sasrec))
+        if self.item_knn is not None:
+            rank_columns.append(("item_knn_rank", "from_item_knn", self.config.n_item_knn))
         for source, (rank_column, flag_column, n) in enumerate(rank_columns):
             found = ranks[source] > 0
             columns[rank_column] = np.where(found, ranks[source], n + 1)
@@ -278,8 +318,10 @@ class CandidateGenerator:
             columns["als_score"] = np.asarray(lists["_als"], dtype=np.float64)[items]
         if with_sasrec:
             columns["sasrec_score"] = np.asarray(lists["_sasrec"], dtype=np.float64)[items]
+        if self.item_knn is not None:
+            columns["item_knn_score"] = _lookup(*lists["_item_knn"], items)
         if self.config.relative_scores:
-            columns.update(relative_scores(columns, with_als, with_sasrec))
+            columns.update(relative_scores(columns, with_als, with_sasrec, self.item_knn is not None))
         if self.config.item_age:
             columns["item_age_days"] = (lists["_time"] - self.item_available_from[items]) / 86_400.0
         return {column: columns[column] for column in ("position", "item_idx", *self.feature_columns)}
@@ -288,27 +330,30 @@ class CandidateGenerator:
         return self.trending.scores_as_of(request_time)
 
     def _covisit_sparse(self, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The seeds' summed co-visitation scores as (items ascending, sums); items not listed score
-        0. Each sum adds the same values in the same order as a dense `np.bincount` over the
-        seeds' rows would, so it is bitwise the same number."""
-        if seeds.size == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        matrix = self.covisit.matrix
-        if seeds.min() >= 0 and sp.issparse(matrix) and matrix.format == "csr":
-            starts, ends = matrix.indptr[seeds], matrix.indptr[seeds + 1]
-            lengths = ends - starts
-            positions = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-            columns, values = matrix.indices[positions], matrix.data[positions]
-        else:  # scipy's own row indexing (wraps negative rows)
-            rows = matrix[seeds]
-            columns, values = rows.indices, rows.data
-        items, inverse = np.unique(columns, return_inverse=True)
-        return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
+        return _sparse_row_sums(self.covisit.matrix, seeds)
 
 
-def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool,
-                    with_sasrec: bool = False) -> dict[str, np.ndarray]:
-    """RELATIVE_FEATURES (+ ALS_ and SASREC_RELATIVE_FEATURES) of one request's candidate columns: a
+def _sparse_row_sums(matrix: sp.spmatrix, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds' rows of an item x item matrix summed, as (items ascending, sums); items not
+    listed score 0. Each sum adds the same values in the same order as a dense `np.bincount` over
+    the seeds' rows would, so it is bitwise the same number."""
+    if seeds.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    if seeds.min() >= 0 and sp.issparse(matrix) and matrix.format == "csr":
+        starts, ends = matrix.indptr[seeds], matrix.indptr[seeds + 1]
+        lengths = ends - starts
+        positions = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        columns, values = matrix.indices[positions], matrix.data[positions]
+    else:  # scipy's own row indexing (wraps negative rows)
+        rows = matrix[seeds]
+        columns, values = rows.indices, rows.data
+    items, inverse = np.unique(columns, return_inverse=True)
+    return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
+
+
+def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool, with_sasrec: bool = False,
+                    with_item_knn: bool = False) -> dict[str, np.ndarray]:
+    """RELATIVE_FEATURES (+ ALS_, SASREC_ and ITEM_KNN_RELATIVE_FEATURES) of one request's candidate columns: a
     similarity minus the request's best (<= 0), a count over the request's largest (in [0, 1], 0
     when no candidate has any)."""
     def gap(values: np.ndarray) -> np.ndarray:
@@ -327,6 +372,8 @@ def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool,
         out["als_score_gap"] = gap(columns["als_score"])
     if with_sasrec:
         out["sasrec_score_gap"] = gap(columns["sasrec_score"])
+    if with_item_knn:
+        out["item_knn_score_share"] = share(columns["item_knn_score"])
     return out
 
 
@@ -358,13 +405,10 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def primary_source(columns: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
-    """The first source (in SOURCES order, then ALS, then SASRec) that proposed each candidate
-    (object array)."""
-    fallback = SASREC_SOURCE if "from_sasrec" in columns else "covisit"
-    if "from_als" in columns:
-        fallback = np.where(np.asarray(columns["from_als"]) == 1, ALS_SOURCE, fallback)
-    if "from_als" in columns or "from_sasrec" in columns:
-        fallback = np.where(np.asarray(columns["from_covisit"]) == 1, "covisit", fallback)
-    source = np.where(np.asarray(columns["from_two_tower"]) == 1, "two_tower",
-                      np.where(np.asarray(columns["from_trending"]) == 1, "trending", fallback))
+    """The first source (in SOURCE_COLUMNS order) that proposed each candidate (object array); the
+    last source present where none did."""
+    present = [(source, flag) for source, (flag, _) in SOURCE_COLUMNS.items() if flag in columns]
+    source = np.full(len(np.asarray(columns[present[-1][1]])), present[-1][0], dtype=object)
+    for name, flag in reversed(present[:-1]):
+        source = np.where(np.asarray(columns[flag]) == 1, name, source)
     return source.astype(object)

@@ -38,7 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from core.inference.baselines import top_k_items
+from core.inference.baselines import cosine_item_similarity, top_k_items
 from training.evaluation.protocols import SECONDS_PER_DAY, Protocol, evaluate_lists
 
 DEFAULT_K = 10
@@ -165,40 +165,6 @@ def random_items(protocol: Protocol, k: int = DEFAULT_K, seed: int = DEFAULT_SEE
 # --------------------------------------------------------------------------------------------
 # Item-kNN
 # --------------------------------------------------------------------------------------------
-
-
-def cosine_item_similarity(matrix: sp.csr_matrix, neighbours: int | None = None) -> sp.csr_matrix:
-    """Item x item cosine similarity of the columns of a binary user x item matrix, zero diagonal;
-    with ``neighbours``, each row keeps its ``neighbours`` largest entries only."""
-    matrix = sp.csr_matrix(matrix, dtype=np.float64)
-    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel())
-    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    normalised = matrix @ sp.diags(inverse)
-    similarity = (normalised.T @ normalised).tocsr()
-    similarity.setdiag(0.0)
-    similarity.eliminate_zeros()
-    if neighbours is not None:
-        similarity = _keep_top_per_row(similarity, neighbours)
-    return similarity
-
-
-def _keep_top_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    rows, cols, vals = [], [], []
-    for row in range(matrix.shape[0]):
-        start, end = matrix.indptr[row], matrix.indptr[row + 1]
-        if end == start:
-            continue
-        data, idx = matrix.data[start:end], matrix.indices[start:end]
-        # highest similarity first, lower item index first among ties
-        keep = np.lexsort((idx, -data))[:n]
-        rows.append(np.full(keep.size, row))
-        cols.append(idx[keep])
-        vals.append(data[keep])
-    if not rows:
-        return sp.csr_matrix(matrix.shape)
-    return sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape
-    )
 
 
 def item_knn(protocol: Protocol, k: int = DEFAULT_K, neighbours: int | None = None) -> PeerResult:
