@@ -59,6 +59,10 @@ TRENDING_SCORES = "trending_scores.npy"
 ALS_ITEM_FACTORS = "als_item_factors.npy"  # optional: bundles with the ALS source (manifest "als")
 SASREC_WEIGHTS = "sasrec.npz"  # optional: bundles with the SASRec source (manifest "sasrec": its shape)
 ITEM_KNN = "item_knn.npz"  # optional: bundles with the item-kNN source (item x item CSR, manifest "item_knn")
+# optional: bundles with the content source (manifest "content"): the items' vectors, and the
+# encoder (IDF and projection) that made them, for items added later
+CONTENT_VECTORS = "content_vectors.npy"
+CONTENT_ENCODER = "content_encoder.npz"
 REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
 # manifest name -> distribution names to try (the first installed one wins)
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -109,6 +113,7 @@ class Bundle:
     sasrec_weights: dict[str, np.ndarray] | None = None
     # Item-kNN similarities (item x item, each row an item's nearest items).
     item_knn: sp.csr_matrix | None = None
+    content: Any = None  # core.inference.content.ContentScorer, with its encoder
 
     def sasrec_scorer(self):
         """The SASRec forward pass over the bundle's weights, or None for a bundle without SASRec."""
@@ -166,6 +171,10 @@ class Bundle:
             writers[SASREC_WEIGHTS] = lambda p: _save_npz(p, self.sasrec_weights)
         if self.item_knn is not None:
             writers[ITEM_KNN] = lambda p: sp.save_npz(p, sp.csr_matrix(self.item_knn))
+        if self.content is not None:
+            encoder = self.content.encoder
+            writers[CONTENT_VECTORS] = lambda p: _save_npy(p, self.content.item_vectors)
+            writers[CONTENT_ENCODER] = lambda p: _save_npz(p, {"idf": encoder.idf, "components": encoder.components})
         return write_bundle(models_dir, version, writers, self.manifest)
 
     @classmethod
@@ -198,6 +207,7 @@ class Bundle:
                               else None),
             sasrec_weights=(_load_npz(bundle_dir / SASREC_WEIGHTS) if SASREC_WEIGHTS in manifest["files"] else None),
             item_knn=sp.load_npz(bundle_dir / ITEM_KNN).tocsr() if ITEM_KNN in manifest["files"] else None,
+            content=_load_content(bundle_dir) if CONTENT_VECTORS in manifest["files"] else None,
         )
 
 
@@ -212,6 +222,17 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _load_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
+
+
+def _load_content(bundle_dir: Path):
+    from core.inference.content import ContentEncoder, ContentScorer
+
+    encoder = _load_npz(bundle_dir / CONTENT_ENCODER)
+    try:
+        return ContentScorer(_load_npy(bundle_dir / CONTENT_VECTORS), ContentEncoder(encoder["idf"],
+                                                                                     encoder["components"]))
+    except (KeyError, ValueError) as error:
+        raise BundleError(f"bundle's content files are inconsistent: {error}") from None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

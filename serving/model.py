@@ -132,6 +132,7 @@ class LoadedModel:
         trending, covisit = BundleTrending(bundle.trending_scores), BundleCovisitation(bundle.covisitation)
         als, sasrec = bundle.als_solver(), bundle.sasrec_scorer()
         item_knn = BundleCovisitation(bundle.item_knn) if bundle.item_knn is not None else None
+        content = bundle.content
         manifest, user_spec, categories = bundle.manifest, bundle.user_spec, bundle.categories
 
         n_items = len(item_ids)
@@ -144,13 +145,15 @@ class LoadedModel:
             sizes["sasrec items"] = sasrec.n_items
         if item_knn is not None:
             sizes["item_knn"] = item_knn.n_items
+        if content is not None:
+            sizes["content_vectors"] = content.n_items
         wrong = {name: size for name, size in sizes.items() if size != n_items}
         if wrong:
             raise BundleError(f"bundle {bundle_dir.name}: {n_items} item ids but sizes {wrong}")
         if booster.feature_name() != spec.columns:
             raise BundleError(f"bundle {bundle_dir.name}: ranker features differ from ranker_spec.json")
         generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates, als,
-                                       sasrec, item_knn)
+                                       sasrec, item_knn, content)
         return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, booster, spec, item_ids,
                    user_ids, categories, available, trending, covisit, generator)
 

@@ -149,11 +149,13 @@ class ServingSettings(BaseSettings):
                                                          "SASRec source (bundle default)")
     n_item_knn: int | None = Field(None, ge=0, description="item-kNN candidates per request, for bundles with the "
                                                            "item-kNN source (bundle default)")
+    n_content: int | None = Field(None, ge=0, description="content candidates per request, for bundles with the "
+                                                          "content source (bundle default)")
     cold_start_candidates: int = Field(200, ge=1, description="trending items re-ranked for a cold user")
 
     def candidate_overrides(self) -> dict[str, int]:
         """The candidate settings given explicitly; the rest come from each bundle's manifest."""
-        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds", "n_als", "n_sasrec", "n_item_knn")
+        names = ("n_ann", "n_trending", "n_covisit", "covisit_seeds", "n_als", "n_sasrec", "n_item_knn", "n_content")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     # -- micro-batching ---------------------------------------------------------------------------

@@ -164,9 +164,11 @@ def trained_world(spark, tmp_path_factory) -> TrainedWorld:
                          candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30))
     config.two_tower.epochs = 5
     config.bpr.epochs = 5
-    # A small SASRec, so the bundle the serving tests serve has every source and feature kind.
+    # A small SASRec, item-kNN and content, so the bundle the serving tests serve has every source and
+    # feature kind.
     config.sasrec = SASRecConfig(dim=16, epochs=3, warm_epochs=1, batch_size=256)
     config.item_knn_neighbours = 50
+    config.content_dim = 16
     result = train_two_stage(spark, feast_repo.feature_store(repo), settings, config)
     yield TrainedWorld(settings, repo, project, env, result)
     feast_repo.delete_online_rows(project)

@@ -31,6 +31,7 @@ from core.inference.baselines import (
     TrendingRecommender,
 )
 from core.inference.candidates import SOURCE_COLUMNS, CandidateConfig, CandidateGenerator
+from core.inference.content import ContentScorer
 from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
 from core.inference.inputs import IdMap, UserInputSpec, fit_user_input_spec, item_features, user_features
 from core.inference.ranker import score as ranker_score
@@ -91,6 +92,9 @@ class TrainConfig:
     # The item-kNN candidate source and ranker features (items similar by who interacted with them,
     # each item's `item_knn_neighbours` nearest kept; refitted like trending); None leaves it out.
     item_knn_neighbours: int | None = None
+    # The content candidate source and ranker features (`core.inference.content`: item attributes as
+    # `content_dim`-d vectors, so items without interactions are reachable); None leaves it out.
+    content_dim: int | None = None
     # After validation has chosen the ranker's rounds, refit it on the training and validation
     # requests together with that many rounds; the bundle ships the refitted ranker.
     refit_ranker: bool = True
@@ -231,19 +235,21 @@ class FittedSources:
     als: object | None = None  # core.inference.als.ALSUserSolver
     sasrec: object | None = None  # core.inference.sasrec.SASRecScorer
     item_knn: ItemKNNRecommender | None = None
+    content: ContentScorer | None = None
 
     def generator(self, model, item_emb: np.ndarray, index, catalog: Catalog,
                   candidates: CandidateConfig) -> CandidateGenerator:
         return CandidateGenerator(model, item_emb, index, catalog.available_from, self.trending, self.covisit,
-                                  candidates, self.als, self.sasrec, self.item_knn)
+                                  candidates, self.als, self.sasrec, self.item_knn, self.content)
 
 
 def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALSConfig | None = None,
                 sasrec: SASRecFitter | None = None, final: bool = False,
-                item_knn_neighbours: int | None = None) -> FittedSources:
+                item_knn_neighbours: int | None = None, content_dim: int | None = None) -> FittedSources:
     """Trending, co-visitation, (with an `als` config) ALS item factors, (with a `sasrec` fitter)
     SASRec and (with `item_knn_neighbours`) item-kNN, fitted on events strictly before `before`
-    (epoch s). `final`: SASRec fitted up to `before` whatever its refit period."""
+    (epoch s), and (with `content_dim`) content vectors from the attributes of the items created
+    before then. `final`: SASRec fitted up to `before` whatever its refit period."""
     past = events_np[events_np.ts < before]
     n_items = len(catalog.item_ids)
     trending = TrendingRecommender(n_items).fit(past.user_idx, past.item_idx, past.ts, past.gain, as_of=before)
@@ -255,7 +261,9 @@ def fit_sources(events_np: pd.DataFrame, before: int, catalog: Catalog, als: ALS
         sasrec_model = (sasrec.final if final else sasrec.at)(events_np, before, n_items)
     item_knn = (ItemKNNRecommender(n_items, item_knn_neighbours).fit(past.user_idx, past.item_idx)
                 if item_knn_neighbours else None)
-    return FittedSources(trending, covisit, als_model, sasrec_model, item_knn)
+    content = (ContentScorer.fit(catalog.items, catalog.available_from < before, content_dim)
+               if content_dim else None)
+    return FittedSources(trending, covisit, als_model, sasrec_model, item_knn, content)
 
 
 def choose_als(events_np: pd.DataFrame, catalog: Catalog, before: int, user_spec: UserInputSpec, request_data,
@@ -404,6 +412,7 @@ class TrainedTwoStage:
     retrieval: tuple | None = None  # `train_retrieval`'s result, reusable by another run on the same data
     sasrec: SASRecFitter | None = None
     item_knn_neighbours: int | None = None
+    content_dim: int | None = None
 
 
 def run_training(spark: SparkSession, store: FeatureStore, settings: Settings,
@@ -465,7 +474,8 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     sasrec = SASRecFitter(config.sasrec, config.sasrec_refit_days) if config.sasrec is not None else None
 
     def make_generator(before: int, final: bool = False) -> CandidateGenerator:
-        sources = fit_sources(events_np, before, catalog, als_config, sasrec, final, config.item_knn_neighbours)
+        sources = fit_sources(events_np, before, catalog, als_config, sasrec, final, config.item_knn_neighbours,
+                              config.content_dim)
         return sources.generator(model, item_emb, index, catalog, config.candidates)
 
     user_probe = user_features(pd.read_parquet(retrieval_stats["val_users_path"]), catalog.user_ids,
@@ -519,7 +529,7 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
 
     k_max = max(KS)
     lists = timer.run("baselines", baseline_lists, events_np, catalog, test_users, test_time, exclude, k_max, config)
-    lists.update(source_alone_lists(test_rows, ("two_tower", "als", "sasrec", "item_knn"), k_max))
+    lists.update(source_alone_lists(test_rows, ("two_tower", "als", "sasrec", "item_knn", "content"), k_max))
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
     if ranker is not validated:  # the ranker as validated, before its refit: both are reported
         lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
@@ -537,7 +547,8 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
                            ranker, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
-                           config.candidates, als_config, retrieval, sasrec, config.item_knn_neighbours)
+                           config.candidates, als_config, retrieval, sasrec, config.item_knn_neighbours,
+                           config.content_dim)
 
 
 def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSession, requests: pd.DataFrame,
@@ -549,7 +560,7 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
     request, the items its user interacted with before the request's time."""
     catalog, events_np = trained.catalog, trained.events_np
     sources = fit_sources(events_np, int(events_np.ts.max()) + 1, catalog, trained.als, trained.sasrec, final=True,
-                          item_knn_neighbours=trained.item_knn_neighbours)
+                          item_knn_neighbours=trained.item_knn_neighbours, content_dim=trained.content_dim)
     generator = sources.generator(trained.two_tower, trained.item_embeddings, trained.index, catalog,
                                   trained.candidates)
     frame = requests.assign(event_timestamp=pd.to_datetime(requests["event_timestamp"], utc=True))
@@ -636,6 +647,7 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
                  "factors": generator.als.factors} if generator.als is not None else None),
         "sasrec": asdict(generator.sasrec.shape) if generator.sasrec is not None else None,
         "item_knn": {"neighbours": generator.item_knn.neighbours} if generator.item_knn is not None else None,
+        "content": {"dim": generator.content.encoder.dim} if generator.content is not None else None,
     }
     bundle = Bundle.from_two_tower_state(
         two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
@@ -645,7 +657,8 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         trending_scores=trending.item_scores,
         als_item_factors=generator.als.item_factors if generator.als is not None else None,
         sasrec_weights=generator.sasrec.weights if generator.sasrec is not None else None,
-        item_knn=generator.item_knn.matrix.tocsr() if generator.item_knn is not None else None, manifest=manifest,
+        item_knn=generator.item_knn.matrix.tocsr() if generator.item_knn is not None else None,
+        content=generator.content, manifest=manifest,
     ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle

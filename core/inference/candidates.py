@@ -1,5 +1,5 @@
-"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS, + SASRec, + item-kNN), merged and
-de-duplicated.
+"""Candidate generation: two-tower ANN + trending + co-visitation (+ ALS, + SASRec, + item-kNN, + content),
+merged and de-duplicated.
 
 Used for the ranker's training requests, for offline evaluation and by the serving layer, so the
 ranker always sees candidates drawn the same way. Every candidate carries the features the ranker
@@ -10,7 +10,9 @@ candidate (user factors solved from the request's history), its rank in the ALS 
 ALS proposed it; without one the columns are exactly the three sources' ones. A SASRec model
 (`core.inference.sasrec`) adds SASREC_FEATURES the same way (the next-item score of the request's
 history). An item-kNN model (`core.inference.baselines.ItemKNNRecommender`) adds ITEM_KNN_FEATURES:
-the summed cosine similarity of each candidate to the request's recent items.
+the summed cosine similarity of each candidate to the request's recent items. A content scorer
+(`core.inference.content`) adds CONTENT_FEATURES: each candidate's cosine with the request's
+recent items' attribute vectors, which reaches items nobody has interacted with yet.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import scipy.sparse as sp
 from core.inference.als import ALSUserSolver
 from core.inference.ann_index import search
 from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+from core.inference.content import ContentScorer
 from core.inference.sasrec import SASRecScorer
 from core.inference.two_tower import UserFeatures
 
@@ -49,6 +52,9 @@ SASREC_RELATIVE_FEATURES = ["sasrec_score_gap"]
 ITEM_KNN_SOURCE = "item_knn"
 ITEM_KNN_FEATURES = ["item_knn_score", "item_knn_rank", "from_item_knn"]
 ITEM_KNN_RELATIVE_FEATURES = ["item_knn_score_share"]
+CONTENT_SOURCE = "content"
+CONTENT_FEATURES = ["content_score", "content_rank", "from_content"]
+CONTENT_RELATIVE_FEATURES = ["content_score_gap"]
 # With `CandidateConfig.item_age`: days from the item's creation to the request (a new release
 # differs from an old item with the same recent counts).
 ITEM_AGE_FEATURES = ["item_age_days"]
@@ -56,11 +62,12 @@ ITEM_AGE_FEATURES = ["item_age_days"]
 # SASREC_FEATURES only with a SASRec source).
 CANDIDATE_FEATURES = [*RETRIEVAL_FEATURES, *ALS_FEATURES, *RELATIVE_FEATURES, *ALS_RELATIVE_FEATURES,
                       *ITEM_AGE_FEATURES, *SASREC_FEATURES, *SASREC_RELATIVE_FEATURES, *ITEM_KNN_FEATURES,
-                      *ITEM_KNN_RELATIVE_FEATURES]
+                      *ITEM_KNN_RELATIVE_FEATURES, *CONTENT_FEATURES, *CONTENT_RELATIVE_FEATURES]
 # Each source's flag and rank columns (the rank is the source's own order), in `sources` order.
 SOURCE_COLUMNS = {"two_tower": ("from_two_tower", "retrieval_rank"), "trending": ("from_trending", "trending_rank"),
                   "covisit": ("from_covisit", "covisit_rank"), ALS_SOURCE: ("from_als", "als_rank"),
-                  SASREC_SOURCE: ("from_sasrec", "sasrec_rank"), ITEM_KNN_SOURCE: ("from_item_knn", "item_knn_rank")}
+                  SASREC_SOURCE: ("from_sasrec", "sasrec_rank"), ITEM_KNN_SOURCE: ("from_item_knn", "item_knn_rank"),
+                  CONTENT_SOURCE: ("from_content", "content_rank")}
 
 
 @dataclass
@@ -73,6 +80,8 @@ class CandidateConfig:
     n_sasrec: int = 100  # used only by a generator with a SASRec model
     n_item_knn: int = 100  # used only by a generator with an item-kNN model
     item_knn_seeds: int = 20  # the request's most recent items whose neighbours are summed
+    n_content: int = 100  # used only by a generator with a content scorer
+    content_seeds: int = 20  # the request's most recent items whose attribute vectors make its profile
     # Also RELATIVE_FEATURES (and ALS_RELATIVE_FEATURES with ALS): per-request normalised scores.
     relative_scores: bool = False
     # Also ITEM_AGE_FEATURES.
@@ -105,12 +114,14 @@ class CandidateGenerator:
     als: ALSUserSolver | None = None
     sasrec: SASRecScorer | None = None
     item_knn: ItemSimilarity | None = None
+    content: ContentScorer | None = None
 
     @property
     def sources(self) -> tuple[str, ...]:
         return (*SOURCES, *((ALS_SOURCE,) if self.als is not None else ()),
                 *((SASREC_SOURCE,) if self.sasrec is not None else ()),
-                *((ITEM_KNN_SOURCE,) if self.item_knn is not None else ()))
+                *((ITEM_KNN_SOURCE,) if self.item_knn is not None else ()),
+                *((CONTENT_SOURCE,) if self.content is not None else ()))
 
     @property
     def feature_columns(self) -> list[str]:
@@ -124,12 +135,14 @@ class CandidateGenerator:
             columns += [*SASREC_FEATURES, *(SASREC_RELATIVE_FEATURES if self.config.relative_scores else [])]
         if self.item_knn is not None:
             columns += [*ITEM_KNN_FEATURES, *(ITEM_KNN_RELATIVE_FEATURES if self.config.relative_scores else [])]
+        if self.content is not None:
+            columns += [*CONTENT_FEATURES, *(CONTENT_RELATIVE_FEATURES if self.config.relative_scores else [])]
         return columns
 
     def _limits(self) -> dict[str, int]:
         return {"two_tower": self.config.n_ann, "trending": self.config.n_trending,
                 "covisit": self.config.n_covisit, ALS_SOURCE: self.config.n_als, SASREC_SOURCE: self.config.n_sasrec,
-                ITEM_KNN_SOURCE: self.config.n_item_knn}
+                ITEM_KNN_SOURCE: self.config.n_item_knn, CONTENT_SOURCE: self.config.n_content}
 
     def generate(self, users: UserFeatures, request_times: np.ndarray,
                  exclude: list[set[int]] | None = None) -> pd.DataFrame:
@@ -156,7 +169,8 @@ class CandidateGenerator:
             return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
                                     {source: empty for source in self.sources}
                                     | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0),
-                                       "_sasrec": np.zeros(0), "_item_knn": (empty, np.zeros(0)), "_time": 0})
+                                       "_sasrec": np.zeros(0), "_item_knn": (empty, np.zeros(0)),
+                                       "_content": np.zeros(0), "_time": 0})
         if len(parts) == 1:
             return parts[0]
         return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
@@ -184,6 +198,8 @@ class CandidateGenerator:
         als_scores = self.als.scores(self.als.user_factors(users.history)) if self.als is not None else None
         sasrec_scores = (self.sasrec.scores(self.sasrec.user_vectors(users.history))
                          if self.sasrec is not None else None)
+        content_scores = (self.content.scores(self.content.profiles(users.history, self.config.content_seeds))
+                          if self.content is not None else None)
         _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
         n_catalog = len(self.item_available_from)
         out = []
@@ -219,6 +235,11 @@ class CandidateGenerator:
                 lists[ITEM_KNN_SOURCE], lists["_item_knn"] = self._item_knn_list(
                     history[history < n_catalog], request_time, blocked, limits.get(ITEM_KNN_SOURCE,
                                                                                     self.config.n_item_knn))
+            if content_scores is not None:
+                limit = limits.get(CONTENT_SOURCE, self.config.n_content)
+                lists[CONTENT_SOURCE] = self._dense_list(content_scores[row], request_time, blocked,
+                                                         limit * 3 + len(blocked), limit)
+                lists["_content"] = content_scores[row]
             out.append(lists)
         return out
 
@@ -307,6 +328,8 @@ class CandidateGenerator:
             rank_columns.append(("sasrec_rank", "from_sasrec", self.config.n_sasrec))
         if self.item_knn is not None:
             rank_columns.append(("item_knn_rank", "from_item_knn", self.config.n_item_knn))
+        if self.content is not None:
+            rank_columns.append(("content_rank", "from_content", self.config.n_content))
         for source, (rank_column, flag_column, n) in enumerate(rank_columns):
             found = ranks[source] > 0
             columns[rank_column] = np.where(found, ranks[source], n + 1)
@@ -320,8 +343,10 @@ class CandidateGenerator:
             columns["sasrec_score"] = np.asarray(lists["_sasrec"], dtype=np.float64)[items]
         if self.item_knn is not None:
             columns["item_knn_score"] = _lookup(*lists["_item_knn"], items)
+        if self.content is not None:
+            columns["content_score"] = np.asarray(lists["_content"], dtype=np.float64)[items]
         if self.config.relative_scores:
-            columns.update(relative_scores(columns, with_als, with_sasrec, self.item_knn is not None))
+            columns.update(relative_scores(columns))
         if self.config.item_age:
             columns["item_age_days"] = (lists["_time"] - self.item_available_from[items]) / 86_400.0
         return {column: columns[column] for column in ("position", "item_idx", *self.feature_columns)}
@@ -351,11 +376,10 @@ def _sparse_row_sums(matrix: sp.spmatrix, seeds: np.ndarray) -> tuple[np.ndarray
     return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
 
 
-def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool, with_sasrec: bool = False,
-                    with_item_knn: bool = False) -> dict[str, np.ndarray]:
-    """RELATIVE_FEATURES (+ ALS_, SASREC_ and ITEM_KNN_RELATIVE_FEATURES) of one request's candidate columns: a
-    similarity minus the request's best (<= 0), a count over the request's largest (in [0, 1], 0
-    when no candidate has any)."""
+def relative_scores(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """RELATIVE_FEATURES (+ the ALS, SASRec, item-kNN and content ones, for the scores `columns`
+    holds) of one request's candidate columns: a similarity minus the request's best (<= 0), a
+    count over the request's largest (in [0, 1], 0 when no candidate has any)."""
     def gap(values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
         return values - values.max() if values.size else values
@@ -368,12 +392,10 @@ def relative_scores(columns: Mapping[str, np.ndarray], with_als: bool, with_sasr
     out = {"retrieval_score_gap": gap(columns["retrieval_score"]),
            "trending_score_share": share(columns["trending_score"]),
            "covisit_score_share": share(columns["covisit_score"])}
-    if with_als:
-        out["als_score_gap"] = gap(columns["als_score"])
-    if with_sasrec:
-        out["sasrec_score_gap"] = gap(columns["sasrec_score"])
-    if with_item_knn:
-        out["item_knn_score_share"] = share(columns["item_knn_score"])
+    for score, relative in (("als_score", gap), ("sasrec_score", gap), ("item_knn_score", share),
+                            ("content_score", gap)):
+        if score in columns:
+            out[f"{score}_{relative.__name__}"] = relative(columns[score])
     return out
 
 

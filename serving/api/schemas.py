@@ -39,7 +39,8 @@ class RecommendedItem(BaseModel):
     item_id: int
     score: float = Field(description="final score, after business rules (e.g. freshness boost)")
     ranker_score: float | None = Field(description="the LightGBM ranker's score (null in the trending fallback)")
-    source: str = Field(description="candidate source: two_tower | trending | covisit | als | sasrec | item_knn")
+    source: str = Field(description="candidate source: two_tower | trending | covisit | als | sasrec | item_knn | "
+                                    "content")
     category: str | None = None
     is_new: bool = False
 

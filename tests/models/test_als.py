@@ -169,7 +169,7 @@ def test_relative_scores_are_each_score_against_the_requests_best():
     assert list(generator.generate(users, np.array([100, 100])).columns) == [
         "position", "item_idx", *RETRIEVAL_FEATURES, *ALS_FEATURES]
     out = relative_scores({"retrieval_score": np.array([0.5, 0.2]), "trending_score": np.array([2.0, 1.0]),
-                           "covisit_score": np.array([0.0, 0.0])}, with_als=False)
+                           "covisit_score": np.array([0.0, 0.0])})
     assert set(out) == set(RELATIVE_FEATURES)
     np.testing.assert_allclose(out["retrieval_score_gap"], [0.0, -0.3])
     np.testing.assert_allclose(out["trending_score_share"], [1.0, 0.5])
