@@ -15,11 +15,18 @@ It times `CandidateGenerator.generate` for single requests and batches of 16, th
 interleaved in rounds so that noise from other processes hits both alike, and prints per-request
 milliseconds (p50 over calls / mean) and the speed-up. Every timed output is also checked equal.
 Also times `source_lists` alone, and the training-side `TrendingRecommender` (per-request times).
+
+With `--sources als sasrec item_knn content` it then times `generate` for one request with each
+optional source added on its own (random ALS factors, an untrained SASRec of the default size,
+100 random neighbours per item, random 64-d content vectors: the cost, not the quality), and with
+all of them, against the three base sources in the same rounds, and writes the per-request p50
+milliseconds to `--out` (JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.inference import ann_index  # noqa: E402
-from core.inference.baselines import TrendingRecommender  # noqa: E402
+from core import atomic  # noqa: E402
+from core.inference.baselines import TrendingRecommender, keep_top_per_row  # noqa: E402
 from core.inference.candidates import CandidateConfig, CandidateGenerator  # noqa: E402
 from serving.model import BundleCovisitation, BundleTrending  # noqa: E402
 from tests.models.candidates_reference import ReferenceCandidateGenerator  # noqa: E402
@@ -104,6 +112,47 @@ def compare(name: str, calls: dict, n_calls: int, per_call: int, rounds: int) ->
           f"mean x{mean[old] / mean[new]:.1f}")
 
 
+def optional_sources(n_items: int, seed: int) -> dict[str, dict]:
+    """CandidateGenerator keyword arguments of each optional source, random but of serving size."""
+    from core.inference.als import ALSUserSolver
+    from core.inference.content import ContentScorer
+    from core.inference.sasrec import SASRecScorer, SASRecShape
+    from training.retrieval.sasrec import SASRecConfig, SASRecModel
+
+    rng = np.random.default_rng(seed)
+    sasrec = SASRecConfig()
+    shape = SASRecShape(n_items, sasrec.dim, sasrec.n_blocks, sasrec.n_heads, sasrec.max_len)
+    rows = np.repeat(np.arange(n_items), 100)
+    knn = keep_top_per_row(sp.csr_matrix((rng.random(len(rows)), (rows, rng.integers(0, n_items, len(rows)))),
+                                         shape=(n_items, n_items)), 100)
+    content = rng.normal(size=(n_items, 64)).astype(np.float32)
+    return {"als": {"als": ALSUserSolver(rng.normal(0, 0.1, (n_items, 32)).astype(np.float32), 10.0, 1.0)},
+            "sasrec": {"sasrec": SASRecScorer(shape, SASRecModel(shape, 0.0).state_arrays())},
+            "item_knn": {"item_knn": BundleCovisitation(knn)},
+            "content": {"content": ContentScorer(content / np.linalg.norm(content, axis=1, keepdims=True))}}
+
+
+def time_sources(parts: tuple, sources: list[str], singles: list, rounds: int, seed: int) -> dict[str, float]:
+    """Per-request p50 ms of `generate` with the base sources, each of `sources` added, and all."""
+    extra = optional_sources(len(parts[1]), seed)
+    variants = {"base": {}, **{name: extra[name] for name in sources}}
+    if len(sources) > 1:
+        variants["all"] = {key: value for name in sources for key, value in extra[name].items()}
+    generators = {name: CandidateGenerator(*parts, **kwargs) for name, kwargs in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in generators}
+    for r in range(rounds):
+        for name in (list(generators) if r % 2 == 0 else list(generators)[::-1]):
+            for single in singles:
+                started = time.perf_counter()
+                generators[name].generate(*single)
+                times[name].append((time.perf_counter() - started) * 1e3)
+    p50 = {name: round(float(np.median(t)), 4) for name, t in times.items()}
+    for name, value in p50.items():
+        added = "" if name == "base" else f"  ({value - p50['base']:+.3f} ms over the base sources)"
+        print(f"generate with {name:<9} p50 {value:6.3f} ms/request{added}")
+    return p50
+
+
 def _assert_same(a, b) -> None:
     if isinstance(a, pd.DataFrame):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -122,6 +171,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds (old and new alternate)")
     parser.add_argument("--threads", type=int, default=1, help="torch / FAISS threads (serving uses 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sources", nargs="*", default=[], choices=["als", "sasrec", "item_knn", "content"],
+                        help="also time generate with these optional sources added")
+    parser.add_argument("--out", type=Path, default=None, help="JSON of the --sources timings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
@@ -180,6 +232,14 @@ def main() -> None:
     compare("generate, training-side trending", {label: (lambda i, g=g: g.generate(*batches[i]))
                                                  for label, g in generators.items()},
             len(batches), 16, max(1, args.repeats // 2))
+    if args.sources:
+        base = (*parts[:4], world["trending"], world["covisit"], config)
+        p50 = time_sources(base, args.sources, singles, args.repeats, args.seed)
+        if args.out is not None:
+            result = {"items": args.items, "requests": args.requests, "rounds": args.repeats,
+                      "threads": args.threads, "generate_p50_ms": p50}
+            atomic.write_json_atomic(result, args.out)
+            print(f"written {args.out}: {json.dumps(result)}")
 
 
 if __name__ == "__main__":
