@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.inference import ann_index  # noqa: E402
 from core import atomic  # noqa: E402
+from core.inference import ann_index  # noqa: E402
 from core.inference.baselines import TrendingRecommender, keep_top_per_row  # noqa: E402
 from core.inference.candidates import CandidateConfig, CandidateGenerator  # noqa: E402
 from serving.model import BundleCovisitation, BundleTrending  # noqa: E402
