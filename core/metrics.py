@@ -13,6 +13,7 @@ fill. Offline lists are full (k items) in every protocol, where it equals hits /
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def grouped_ndcg(scores: np.ndarray, labels: np.ndarray, group_sizes: Sequence[i
         raise ValueError(f"group sizes add up to {bounds[-1]}, but there are {len(scores)} scores and "
                          f"{len(labels)} labels")
     values = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in pairwise(bounds):
         group_labels = labels[start:end]
         relevant = {int(i): float(g) for i, g in enumerate(group_labels) if g > 0}
         if not relevant:
