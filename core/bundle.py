@@ -26,15 +26,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import faiss
-import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
 from core.atomic import write_text_atomic
 from core.inference.ann_index import load_index, save_index
+from core.inference.dcn import DCNScorer, load_dcn, save_dcn_weights
 from core.inference.frame import FeatureSpec
 from core.inference.inputs import UserInputSpec
-from core.inference.ranker import load_ranker, save_ranker
+from core.inference.ranker import DCN, LIGHTGBM, RankerModel, lightgbm_booster, load_ranker, ranker_kind, save_ranker
 from core.inference.two_tower import CONFIG_FILE, USER_TOWER_FILE, USER_TOWER_PREFIXES, WEIGHTS_FILE
 from core.settings import REPO_ROOT
 
@@ -48,7 +48,11 @@ USER_TOWER = f"{TWO_TOWER_DIR}/{USER_TOWER_FILE}"  # the user side's weights as 
 USER_INPUTS = "user_inputs.json"
 FAISS_INDEX = "faiss.index"
 ITEM_EMBEDDINGS = "item_embeddings.npy"
-RANKER = "ranker.txt"
+RANKER = "ranker.txt"  # a LightGBM ranker (manifest "ranker_kind": "lightgbm", or no "ranker_kind")
+RANKER_DCN_WEIGHTS = "ranker_dcn.npz"  # a DCN-v2 ranker's weights (manifest "ranker_kind": "dcn") ...
+RANKER_DCN_CONFIG = "ranker_dcn.json"  # ... and its layer sizes and input standardization
+RANKER_KIND_KEY = "ranker_kind"
+RANKER_FILES: dict[str, tuple[str, ...]] = {LIGHTGBM: (RANKER,), DCN: (RANKER_DCN_WEIGHTS, RANKER_DCN_CONFIG)}
 RANKER_SPEC = "ranker_spec.json"
 ITEM_IDS = "item_ids.npy"
 USER_IDS = "user_ids.npy"
@@ -96,7 +100,7 @@ class Bundle:
     user_spec: UserInputSpec
     index: faiss.Index
     item_embeddings: np.ndarray
-    ranker: lgb.Booster
+    ranker: RankerModel  # an lgb.Booster (LightGBM) or a DCNScorer; `core.inference.ranker.as_ranker` scores either
     ranker_spec: FeatureSpec
     item_ids: np.ndarray
     user_ids: np.ndarray
@@ -156,7 +160,7 @@ class Bundle:
             USER_INPUTS: lambda p: p.write_text(self.user_spec.to_json()),
             FAISS_INDEX: lambda p: save_index(self.index, p),
             ITEM_EMBEDDINGS: lambda p: _save_npy(p, self.item_embeddings),
-            RANKER: lambda p: save_ranker(self.ranker, p),
+            **self._ranker_writers(),
             RANKER_SPEC: lambda p: p.write_text(self.ranker_spec.to_json()),
             ITEM_IDS: lambda p: _save_npy(p, self.item_ids),
             USER_IDS: lambda p: _save_npy(p, self.user_ids),
@@ -175,7 +179,17 @@ class Bundle:
             encoder = self.content.encoder
             writers[CONTENT_VECTORS] = lambda p: _save_npy(p, self.content.item_vectors)
             writers[CONTENT_ENCODER] = lambda p: _save_npz(p, {"idf": encoder.idf, "components": encoder.components})
-        return write_bundle(models_dir, version, writers, self.manifest)
+        return write_bundle(models_dir, version, writers, {**self.manifest, RANKER_KIND_KEY: ranker_kind(self.ranker)})
+
+    def _ranker_writers(self) -> dict[str, Writer]:
+        booster = lightgbm_booster(self.ranker)
+        if booster is not None:
+            return {RANKER: lambda p: save_ranker(booster, p)}
+        if isinstance(self.ranker, DCNScorer):
+            scorer = self.ranker
+            return {RANKER_DCN_WEIGHTS: lambda p: save_dcn_weights(scorer, p),
+                    RANKER_DCN_CONFIG: lambda p: write_text_atomic(scorer.spec.to_json(), p)}
+        raise ValueError(f"a bundle cannot save a {type(self.ranker).__name__} ranker")
 
     @classmethod
     def load(cls, bundle_dir: str | Path, expected_features: list[str] | None = None) -> Bundle:
@@ -194,7 +208,7 @@ class Bundle:
             user_spec=UserInputSpec.from_json((bundle_dir / USER_INPUTS).read_text()),
             index=load_index(bundle_dir / FAISS_INDEX),
             item_embeddings=_load_npy(bundle_dir / ITEM_EMBEDDINGS),
-            ranker=load_ranker(bundle_dir / RANKER),
+            ranker=_load_ranker_model(bundle_dir, manifest),
             ranker_spec=read_ranker_spec(bundle_dir),
             item_ids=_load_npy(bundle_dir / ITEM_IDS),
             user_ids=_load_npy(bundle_dir / USER_IDS),
@@ -209,6 +223,24 @@ class Bundle:
             item_knn=sp.load_npz(bundle_dir / ITEM_KNN).tocsr() if ITEM_KNN in manifest["files"] else None,
             content=_load_content(bundle_dir) if CONTENT_VECTORS in manifest["files"] else None,
         )
+
+
+def _load_ranker_model(bundle_dir: Path, manifest: Mapping[str, Any]) -> RankerModel:
+    """The ranker of the manifest's "ranker_kind" (LightGBM for a bundle written before there were
+    kinds), from files the manifest lists (so they are checksummed)."""
+    kind = manifest.get(RANKER_KIND_KEY, LIGHTGBM)
+    if kind not in RANKER_FILES:
+        raise BundleError(f"bundle {bundle_dir.name}: unknown ranker kind {kind!r} (known: {sorted(RANKER_FILES)})")
+    unlisted = [name for name in RANKER_FILES[kind] if name not in manifest["files"]]
+    if unlisted:
+        raise BundleError(f"bundle {bundle_dir.name}: its {kind} ranker's {', '.join(unlisted)} not in the manifest")
+    if kind == LIGHTGBM:
+        return load_ranker(bundle_dir / RANKER)
+    try:
+        return load_dcn(bundle_dir / RANKER_DCN_WEIGHTS, bundle_dir / RANKER_DCN_CONFIG)
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"bundle {bundle_dir.name}: {RANKER_DCN_WEIGHTS} does not fit {RANKER_DCN_CONFIG}: "
+                          f"{error}") from None
 
 
 def read_ranker_spec(bundle_dir: str | Path) -> FeatureSpec:

@@ -13,6 +13,7 @@ fill. Offline lists are full (k items) in every protocol, where it equals hits /
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -68,6 +69,28 @@ def per_user_ndcg(
     comparisons of two models can be made user by user; its mean is `ranking_metrics`' ndcg@k."""
     users = [u for u, gains in relevant.items() if any(g > 0 for g in gains.values())]
     return {u: _user_accuracy(_dedupe(recommended.get(u, ()))[:k], relevant[u], k)["ndcg"] for u in users}
+
+
+def grouped_ndcg(scores: np.ndarray, labels: np.ndarray, group_sizes: Sequence[int], k: int) -> float:
+    """Mean NDCG@k over groups of contiguous rows (a request's candidates), each group ranked by
+    `scores` (ties in row order) and judged by its integer `labels` with gains 2^label - 1: the
+    definition above, and LightGBM's ndcg@k with label_gain 2^label - 1, where a group without a
+    positive counts 1."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    bounds = np.concatenate([[0], np.cumsum(group_sizes)]).astype(np.int64)
+    if bounds[-1] != len(scores) or len(labels) != len(scores):
+        raise ValueError(f"group sizes add up to {bounds[-1]}, but there are {len(scores)} scores and "
+                         f"{len(labels)} labels")
+    values = []
+    for start, end in pairwise(bounds):
+        group_labels = labels[start:end]
+        relevant = {int(i): float(g) for i, g in enumerate(group_labels) if g > 0}
+        if not relevant:
+            values.append(1.0)
+            continue
+        top_k = np.argsort(-scores[start:end], kind="stable")[:k].tolist()
+        values.append(_ndcg(top_k, relevant, k))
+    return float(np.mean(values)) if values else 0.0
 
 
 def _dedupe(items: Sequence[int]) -> list[int]:

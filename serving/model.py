@@ -3,8 +3,8 @@
 `LoadedModel.load` reads every file `training.pipeline.write_outputs` puts in a bundle, after
 `load_manifest` has verified the checksums and the feature list against the live Feast
 `ranking` service, then smoke-tests the pieces together (one user embedding, one FAISS search,
-one ranker prediction). Anything wrong raises `BundleError`, so a broken bundle is never swapped
-in. `ModelHolder` first does all that in a child process (`serving.bundle_check`), so a file
+one ranker prediction, LightGBM or DCN). Anything wrong raises `BundleError`, so a broken bundle is
+never swapped in. `ModelHolder` first does all that in a child process (`serving.bundle_check`), so a file
 that makes a native library abort takes down the child, not the server.
 
 The bundle stores trending scores and the co-visitation matrix as arrays; `CandidateGenerator`
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
@@ -30,6 +29,7 @@ from core.bundle import Bundle, BundleError, resolve_bundle
 from core.inference.candidates import CandidateConfig, CandidateGenerator
 from core.inference.frame import FeatureSpec
 from core.inference.inputs import IdMap, UserInputSpec
+from core.inference.ranker import Ranker, as_ranker
 from core.inference.two_tower import TwoTowerConfig, UserFeatures, UserTower
 from core.loops import PeriodicTask
 from serving.bundle_check import bundle_digest, check_bundle
@@ -88,7 +88,7 @@ class LoadedModel:
     user_spec: UserInputSpec
     index: faiss.Index
     item_embeddings: np.ndarray
-    booster: lgb.Booster
+    ranker: Ranker  # LightGBM or DCN (manifest "ranker_kind"), scored the same way
     spec: FeatureSpec
     item_ids: IdMap
     user_ids: IdMap
@@ -127,7 +127,8 @@ class LoadedModel:
     def _from_bundle(cls, bundle_dir: Path, bundle: Bundle, candidates: CandidateConfig) -> LoadedModel:
         sizes = dict(bundle.two_tower_config)
         two_tower = UserTower(bundle.user_tower_weights, TwoTowerConfig.from_dict(sizes.pop("config")), sizes)
-        item_emb, index, booster, spec = bundle.item_embeddings, bundle.index, bundle.ranker, bundle.ranker_spec
+        item_emb, index, spec = bundle.item_embeddings, bundle.index, bundle.ranker_spec
+        ranker = as_ranker(bundle.ranker)
         item_ids, user_ids, available = IdMap(bundle.item_ids), IdMap(bundle.user_ids), bundle.item_available_from
         trending, covisit = BundleTrending(bundle.trending_scores), BundleCovisitation(bundle.covisitation)
         als, sasrec = bundle.als_solver(), bundle.sasrec_scorer()
@@ -150,11 +151,11 @@ class LoadedModel:
         wrong = {name: size for name, size in sizes.items() if size != n_items}
         if wrong:
             raise BundleError(f"bundle {bundle_dir.name}: {n_items} item ids but sizes {wrong}")
-        if booster.feature_name() != spec.columns:
+        if ranker.feature_names != spec.columns:
             raise BundleError(f"bundle {bundle_dir.name}: ranker features differ from ranker_spec.json")
         generator = CandidateGenerator(two_tower, item_emb, index, available, trending, covisit, candidates, als,
                                        sasrec, item_knn, content)
-        return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, booster, spec, item_ids,
+        return cls(bundle_dir, manifest, two_tower, user_spec, index, item_emb, ranker, spec, item_ids,
                    user_ids, categories, available, trending, covisit, generator)
 
     def _smoke_test(self) -> None:
@@ -174,7 +175,7 @@ class LoadedModel:
             _, found = self.index.search(np.ascontiguousarray(embedding, dtype=np.float32), 1)
             if self.n_items and found[0, 0] < 0:
                 raise BundleError("FAISS index returns nothing")
-            scores = self.booster.predict(np.zeros((1, self.booster.num_feature())), num_threads=1)
+            scores = self.ranker.predict(np.zeros((1, len(self.ranker.feature_names))), num_threads=1)
             if not np.all(np.isfinite(scores)):
                 raise BundleError("the ranker returns non-finite scores")
         except BundleError as error:

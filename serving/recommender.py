@@ -5,7 +5,8 @@ Ranking rows are assembled with the columns the training pipeline gives its rank
 (`training.pipeline.candidate_rows` + `with_ranking_features`): request_id, user_id,
 event_timestamp (the request time), device, item_idx, the retrieval features of
 `CandidateGenerator`, item_id, category, and the `ranking` service's `<view>__<feature>` columns.
-They are scored by `core.inference.ranker.score`, the one scoring path training uses.
+They are scored by the bundle's ranker (`core.inference.ranker.Ranker`: LightGBM or DCN), the one scoring
+path training uses (`core.inference.ranker.score`).
 
 Fallbacks, each visible in the response:
 * cold start (no behaviour and no history online): the candidates are the trending ones, re-ranked
@@ -33,7 +34,6 @@ import numpy as np
 import pandas as pd
 from starlette.concurrency import run_in_threadpool
 
-from core.inference import ranker
 from core.inference.candidates import CANDIDATE_FEATURES, primary_source
 from core.inference.frame import TIMESTAMP_COLUMN
 from core.inference.inputs import HISTORY_COLUMN, user_features
@@ -420,7 +420,7 @@ class Recommender:
                 requests = self._request_columns(results, users)
                 matrix = plan.assemble(candidates, items.block, plan.blocks[REQUEST].rows(requests), request_of,
                                        plan.blocks[PAIR].rows(pairs.columns), pairs.pair_of)
-                scores = ranker.predict_matrix(model.booster, matrix, self.num_threads)
+                scores = model.ranker.predict(matrix, self.num_threads)
             rows = None
             if any(p.want_rows for p in batch):
                 rows = self._ranking_rows(results, candidates, request_of, item_ids, items, requests, pairs)

@@ -162,13 +162,16 @@ def restore_online() -> None:
 def train(
     max_ranker_requests: int = typer.Option(4_000, help="ranker training requests (sampled)"),
     epochs: int = typer.Option(8, help="two-tower epochs (early stopping on validation recall)"),
+    ranker_kind: list[str] = typer.Option(["lightgbm"], "--ranker-kind",
+                                          help="ranker kinds to train (lightgbm, dcn; repeat the option for "
+                                               "both): the one better on validation NDCG@10 ships"),
 ) -> Path:
     """Train the two-stage recommender from the feature store; write a model bundle and a report."""
     from feast_ext import repo as feast_repo
     from training.pipeline import TrainConfig, run_training
     from training.spark import get_spark
 
-    config = TrainConfig(max_ranker_requests=max_ranker_requests)
+    config = TrainConfig(max_ranker_requests=max_ranker_requests, ranker_kinds=tuple(ranker_kind))
     config.two_tower.epochs = epochs
     return run_training(get_spark("training"), feast_repo.feature_store(), get_settings(), config)
 

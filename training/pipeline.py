@@ -34,6 +34,7 @@ from core.inference.candidates import SOURCE_COLUMNS, CandidateConfig, Candidate
 from core.inference.content import ContentScorer
 from core.inference.frame import DEFAULT_EXCLUDE, fit_feature_spec
 from core.inference.inputs import IdMap, UserInputSpec, fit_user_input_spec, item_features, user_features
+from core.inference.ranker import DCN, LIGHTGBM
 from core.inference.ranker import score as ranker_score
 from core.metrics import ranking_metrics
 from core.schema import EVENT_GAIN
@@ -43,7 +44,8 @@ from training.datasets.point_in_time import join_feature_service, write_parquet
 from training.datasets.splits import TimeSplit
 from training.features.pipeline import event_date_range
 from training.features.raw_io import read_events
-from training.ranking import lgbm_ranker
+from training.ranking import lgbm_ranker, selection
+from training.ranking.dcn import DCNConfig, plot_dcn_curves
 from training.retrieval.als import ALSConfig, fit_als, select_als
 from training.retrieval.mf import BPRConfig, BPRRecommender
 from training.retrieval.sasrec import SASRecConfig, SASRecFitter
@@ -101,6 +103,11 @@ class TrainConfig:
     # With a grid ({RankerConfig field: [values]}), the ranker's settings are chosen on the
     # validation requests (best early-stopped NDCG@10 there); the trace is in training_stats.json.
     ranker_grid: dict[str, list] | None = None
+    # The kinds of ranker trained ("lightgbm", "dcn"): each on the same rows, early-stopped on the
+    # same validation requests; the one with the higher validation NDCG@10 ships
+    # (`training.ranking.selection`), and with several the test window reports each (two_stage_<kind>).
+    ranker_kinds: tuple[str, ...] = ("lightgbm",)
+    dcn: DCNConfig = field(default_factory=DCNConfig)
     seed: int = 7
 
 
@@ -405,7 +412,7 @@ class TrainedTwoStage:
     item_embeddings: np.ndarray
     index: object  # faiss.Index
     user_spec: UserInputSpec
-    ranker: lgbm_ranker.RankerResult
+    ranker: selection.TrainedRanker  # the shipped ranker, of the kind chosen on validation
     spec: object  # FeatureSpec
     candidates: CandidateConfig
     als: ALSConfig | None = None
@@ -495,16 +502,21 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     ranker_val = timer.run("ranker validation set", ranker_set, "ranker_val", split.val_start, val_requests)
     train_rows, val_rows = keep_informative(ranker_train), keep_informative(ranker_val)
     spec = fit_feature_spec(train_rows, exclude=(*DEFAULT_EXCLUDE, "item_idx"))  # ids are not features
-    ranker, ranker_selection = timer.run("lightgbm lambdarank", lgbm_ranker.select_ranker, train_rows, val_rows, spec,
-                                         config.ranker, config.ranker_grid)
+    choice = selection.select_ranker_kind(train_rows, val_rows, spec, config.ranker_kinds, config.ranker,
+                                          config.ranker_grid, config.dcn, run=timer.run)
+    ranker_selection = choice.lightgbm_trace
     for entry in ranker_selection if config.ranker_grid else ():
         console.print(f"  ranker grid: {entry}")
-    console.print(f"  ranker: {len(train_rows):,} rows, best iteration {ranker.best_iteration}, "
-                  f"val ndcg@10 {ranker.best_score:.4f}")
-    validated = ranker
+    console.print(f"  ranker: {len(train_rows):,} rows, val ndcg@10 "
+                  + ", ".join(f"{kind} {score:.4f}" for kind, score in choice.validation_scores.items())
+                  + f": {choice.chosen}" + (f", best iteration {choice.best.best_iteration}"
+                                            if choice.chosen == LIGHTGBM else ""))
+    shipped = dict(choice.validated)  # kind -> the ranker the test window scores (refitted when asked)
     if config.refit_ranker:
-        ranker = timer.run("ranker refit on training + validation requests", lgbm_ranker.refit_ranker,
-                           pd.concat([train_rows, val_rows], ignore_index=True), validated)
+        both = pd.concat([train_rows, val_rows], ignore_index=True)
+        shipped = {kind: timer.run(f"{kind} ranker refit on training + validation requests", selection.refit,
+                                   validated_kind, both) for kind, validated_kind in choice.validated.items()}
+    validated, ranker = choice.best, shipped[choice.chosen]
 
     # Test: one request per user at the start of the test period, sources refitted up to then.
     test_time = to_epoch(split.test_start)
@@ -522,9 +534,11 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     test_rows = timer.run("test candidates + Feast features", lambda: with_ranking_features(
         store, spark, candidate_rows(generator, test_requests, test_labels_pd, catalog, user_spec, exclude),
         work / "test_rows"))
-    test_rows["ranker_score"] = ranker_score(ranker.booster, test_rows, spec)
+    test_rows["ranker_score"] = ranker_score(ranker.scorer, test_rows, spec)
     if ranker is not validated:
-        test_rows["validated_ranker_score"] = ranker_score(validated.booster, test_rows, spec)
+        test_rows["validated_ranker_score"] = ranker_score(validated.scorer, test_rows, spec)
+    for kind, kind_ranker in shipped.items() if len(shipped) > 1 else ():
+        test_rows[f"ranker_score_{kind}"] = ranker_score(kind_ranker.scorer, test_rows, spec)
     relevant = {u: r for u, r in relevant_items(test_labels_pd, catalog).items() if u in set(test_users.tolist())}
 
     k_max = max(KS)
@@ -533,6 +547,8 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
     lists["two_stage"] = ranked_lists(test_rows, "ranker_score", k_max)
     if ranker is not validated:  # the ranker as validated, before its refit: both are reported
         lists["two_stage_before_refit"] = ranked_lists(test_rows, "validated_ranker_score", k_max)
+    for kind in shipped if len(shipped) > 1 else ():  # every kind of ranker on the test window, chosen or not
+        lists[f"two_stage_{kind}"] = ranked_lists(test_rows, f"ranker_score_{kind}", k_max)
     popularity = np.bincount(events_np.item_idx[events_np.ts < test_time], minlength=len(catalog.item_ids))
     results = {name: ranking_metrics(recs, relevant, KS, popularity, len(catalog.item_ids))
                for name, recs in lists.items()}
@@ -541,11 +557,13 @@ def train_two_stage(spark: SparkSession, store: FeatureStore, settings: Settings
         exclude, test_users, relevant)
     stats = {"split": split.to_dict(), "seconds": timer.seconds, "faiss_recall_at_100_vs_exact": ann_recall,
              "candidate_recall": recall_by_source, "n_test_users": len(relevant), **retrieval_stats,
-             "ranker_rows": len(train_rows), "ranker_best_iteration": ranker.best_iteration,
+             "ranker_rows": len(train_rows), "ranker_kind": choice.chosen, "ranker_choice": choice.to_dict(),
+             **({"ranker_best_iteration": shipped[LIGHTGBM].best_iteration}
+                if LIGHTGBM in shipped else {}),
              "als": als_config.to_dict() if als_config is not None else None, "als_selection": als_selection,
              "ranker_selection": ranker_selection, "sasrec_fits": sasrec.fits if sasrec is not None else 0}
     bundle = write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index,
-                           ranker, spec, catalog, generator, store, work)
+                           shipped, choice, spec, catalog, generator, store, work)
     return TrainedTwoStage(bundle, work, catalog, events_np, model, item_emb, index, user_spec, ranker, spec,
                            config.candidates, als_config, retrieval, sasrec, config.item_knn_neighbours,
                            config.content_dim)
@@ -575,7 +593,7 @@ def rank_requests(trained: TrainedTwoStage, store: FeatureStore, spark: SparkSes
                               "label": pd.Series(dtype=np.int64)})
     rows = candidate_rows(generator, with_users, no_labels, catalog, trained.user_spec, excluded)
     rows = with_ranking_features(store, spark, rows, trained.work / f"{name}_rows")
-    rows["ranker_score"] = ranker_score(trained.ranker.booster, rows, trained.spec)
+    rows["ranker_score"] = ranker_score(trained.ranker.scorer, rows, trained.spec)
     to_ids = lambda lists: {key: catalog.item_ids.to_ids(np.asarray(items, dtype=np.int64)).tolist()  # noqa: E731
                             for key, items in lists.items()}
     out = RankedLists(to_ids(ranked_lists(rows, "ranker_score", k, key="request_id")))
@@ -605,19 +623,17 @@ class RankedLists(dict):
         self.components: dict[str, dict[int, list[int]]] = {}
 
 
-def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, ranker,
-                  spec, catalog, generator, store, work) -> Path:
+def write_outputs(settings, version, split, results, stats, two_tower, user_spec, item_emb, index, shipped,
+                  choice, spec, catalog, generator, store, work) -> Path:
+    """`shipped`: kind -> the ranker the test window scored; `choice`: the validation's choice
+    among them (`selection.RankerChoice`), whose ranker the bundle ships."""
     from core.bundle import Bundle
     from training.evaluation.report import write_report
 
     report_dir = settings.training_report_dir(version)
     report_dir.mkdir(parents=True, exist_ok=True)
-    plots = {
-        "Two-tower training": plot_training_curves(two_tower.history, report_dir / "two_tower_curves.png"),
-        "Ranker validation NDCG": lgbm_ranker.plot_ranker_curves(ranker.evals_result, report_dir / "ranker_curves.png"),
-        "Ranker feature importance (gain)": lgbm_ranker.plot_feature_importance(
-            ranker.feature_importance, report_dir / "feature_importance.png"),
-    }
+    plots = {"Two-tower training": plot_training_curves(two_tower.history, report_dir / "two_tower_curves.png"),
+             **ranker_plots(shipped, choice, report_dir)}
     baselines = {k: v for k, v in results.items() if not k.startswith("two_stage")}
     best_name = max(baselines, key=lambda k: baselines[k]["ndcg@10"])
     best, ours = baselines[best_name]["ndcg@10"], results["two_stage"]["ndcg@10"]
@@ -625,6 +641,8 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
     stats["lift_ndcg@10_vs_best_baseline"] = {"baseline": best_name, "lift": round(lift, 4)}
     notes = [f"Time split: {split.to_dict()}",
              f"Two-stage NDCG@10 {ours:.4f} vs best baseline {best_name} {best:.4f}: {lift:+.1%}",
+             f"Ranker: {choice.chosen}, chosen on validation NDCG@10 "
+             + ", ".join(f"{kind} {score:.4f}" for kind, score in choice.validation_scores.items()),
              f"Candidate recall on the test window: {stats['candidate_recall']}",
              f"FAISS recall@100 vs exact search: {stats['faiss_recall_at_100_vs_exact']:.4f}",
              f"Step timings (s): {stats['seconds']}"]
@@ -648,10 +666,11 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
         "sasrec": asdict(generator.sasrec.shape) if generator.sasrec is not None else None,
         "item_knn": {"neighbours": generator.item_knn.neighbours} if generator.item_knn is not None else None,
         "content": {"dim": generator.content.encoder.dim} if generator.content is not None else None,
+        "ranker_choice": choice.to_dict(),
     }
     bundle = Bundle.from_two_tower_state(
         two_tower.model.state_arrays(), two_tower_config=two_tower.model.metadata(), user_spec=user_spec,
-        index=index, item_embeddings=item_emb, ranker=ranker.booster, ranker_spec=spec,
+        index=index, item_embeddings=item_emb, ranker=shipped[choice.chosen].scorer, ranker_spec=spec,
         item_ids=catalog.item_ids.ids, user_ids=catalog.user_ids.ids, categories=catalog.categories,
         item_available_from=catalog.available_from, covisitation=covisit.matrix.tocsr(),
         trending_scores=trending.item_scores,
@@ -662,6 +681,23 @@ def write_outputs(settings, version, split, results, stats, two_tower, user_spec
     ).save(settings.models_dir, version)
     console.print(f"[bold green]bundle[/] {bundle}\n[bold green]report[/] {html_path}")
     return bundle
+
+
+def ranker_plots(shipped: Mapping[str, selection.TrainedRanker], choice: selection.RankerChoice,
+                 report_dir: Path) -> dict[str, Path]:
+    """LightGBM's curves and gain importance (of the ranker the test window scored, as before there
+    were kinds) and the DCN's validation curve; a DCN has no feature importance."""
+    plots = {}
+    lightgbm = shipped.get(LIGHTGBM)
+    if lightgbm is not None:
+        plots["Ranker validation NDCG"] = lgbm_ranker.plot_ranker_curves(lightgbm.evals_result,
+                                                                          report_dir / "ranker_curves.png")
+        plots["Ranker feature importance (gain)"] = lgbm_ranker.plot_feature_importance(
+            lightgbm.feature_importance, report_dir / "feature_importance.png")
+    if DCN in choice.validated:
+        plots["DCN ranker training (validation NDCG per epoch)"] = plot_dcn_curves(
+            choice.validated[DCN].history, report_dir / "dcn_ranker_curves.png")
+    return plots
 
 
 def data_fingerprint(settings: Settings) -> str:

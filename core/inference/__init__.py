@@ -8,5 +8,6 @@ Nothing here imports torch, Spark or plotting: serving loads these modules on it
 - `inputs`: Feast rows -> model inputs (id maps, user dense features, histories)
 - `candidates`: candidate assembly from every source, with the retrieval features
 - `frame`: joined Feast rows -> the ranker's input matrix
-- `ranker`: LightGBM ranker loading and scoring
+- `ranker`: the ranker interface (`Ranker`) over its kinds, LightGBM loading and scoring
+- `dcn`: the DCN-v2 ranker's inputs and forward pass in numpy (from saved weights)
 """

@@ -157,7 +157,7 @@ def test_cold_start_is_context_aware(services):
         assert (rows["device"] == device).all()
         # the hour and weekday features are derived from the request time the rows carry
         assert (pd.to_datetime(rows["event_timestamp"], utc=True) == pd.Timestamp(when)).all()
-        np.testing.assert_allclose(served.ranker_scores, ranker.score(model.booster, rows, model.spec), rtol=1e-9)
+        np.testing.assert_allclose(served.ranker_scores, ranker.score(model.ranker, rows, model.spec), rtol=1e-9)
 
 
 def test_event_is_pushed_and_excluded_from_the_next_recommendation(client, services, warm_users, world):

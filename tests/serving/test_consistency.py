@@ -60,7 +60,7 @@ def test_served_vectors_and_scores_equal_offline_point_in_time(world, tmp_path):
                                           check_exact=True)
 
             # The scores: the offline ranker on the offline rows.
-            offline_scores = ranker.score(model.booster, offline, model.spec)
+            offline_scores = ranker.score(model.ranker, offline, model.spec)
             np.testing.assert_array_equal(scores, offline_scores)
 
             # ... and what the API returns for that request.

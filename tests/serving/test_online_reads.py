@@ -88,4 +88,4 @@ def test_assembled_matrix_equals_model_array_of_the_joined_rows(services, world)
     np.testing.assert_array_equal(captured["matrix"], reference)
     assert np.isfinite(reference[:, model.spec.columns.index(CATEGORY_SHARE)]).all()
     np.testing.assert_array_equal(np.concatenate([r.ranker_scores for r in scored]),
-                                  model.booster.predict(reference))
+                                  model.ranker.predict(reference))

@@ -91,3 +91,36 @@ def test_rank_requests_answers_several_requests_of_a_user_each_at_its_time(train
         assert lists[rid] and not set(lists[rid]) & seen, rid
     met_later = set(own[own.ts >= early]["item_id"].tolist()) - set(own[own.ts < early]["item_id"].tolist())
     assert set(lists["early"]) & met_later, "the early request may show what the user only met later"
+
+
+def test_training_with_both_ranker_kinds_ships_the_one_better_on_validation(trained_world, spark, tmp_path):
+    """LightGBM and DCN on the same requests (the world's two-tower reused): the bundle ships the
+    kind with the higher validation NDCG@10, and the test window reports both."""
+    from core.bundle import RANKER_KIND_KEY, Bundle
+    from core.inference.candidates import CandidateConfig
+    from core.inference.ranker import as_ranker
+    from training.pipeline import TrainConfig, train_two_stage
+    from training.ranking.dcn import DCNConfig
+
+    settings = trained_world.settings.model_copy(update={"artifacts_dir": tmp_path / "artifacts",
+                                                         "reports_dir": tmp_path / "reports"})
+    config = TrainConfig(max_ranker_requests=1_000, max_val_requests=500, max_test_users=800,
+                         candidates=CandidateConfig(n_ann=100, n_trending=30, n_covisit=30),
+                         ranker_kinds=("lightgbm", "dcn"), dcn=DCNConfig(epochs=4, patience=2, deep_layers=(32,)))
+    config.bpr.epochs = 5
+    store = trained_world.store()
+    result = train_two_stage(spark, store, settings, config, retrieval=trained_world.result.retrieval)
+
+    report_dir = settings.training_report_dir(result.bundle.name)
+    stats = json.loads((report_dir / "training_stats.json").read_text())
+    choice = stats["ranker_choice"]
+    assert set(choice["validation"]) == {"lightgbm", "dcn"} and 0 < min(choice["validation"].values()) <= 1
+    chosen = max(choice["validation"], key=choice["validation"].get)
+    assert choice["chosen"] == stats["ranker_kind"] == chosen == result.ranker.kind
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    assert {"two_stage", "two_stage_lightgbm", "two_stage_dcn", "two_stage_before_refit"} <= set(metrics)
+    assert metrics["two_stage"] == metrics[f"two_stage_{chosen}"]
+    assert (report_dir / "dcn_ranker_curves.png").is_file() and "DCN ranker" in (report_dir / "report.html").read_text()
+    manifest = load_manifest(result.bundle, expected_features=service_features(store, "ranking").columns)
+    assert manifest[RANKER_KIND_KEY] == chosen and manifest["ranker_choice"] == choice
+    assert as_ranker(Bundle.load(result.bundle).ranker).kind == chosen

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.inference.frame import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec, to_model_matrix
+from core.inference.ranker import LIGHTGBM, LightGBMRanker
 from training.plotting import new_figure, save_png
 
 EvalsResult = dict[str, dict[str, list[float]]]
@@ -73,6 +74,12 @@ class RankerResult:
     best_iteration: int  # 1-based
     best_score: float  # validation `config.stopping_metric` at best_iteration
     feature_importance: pd.DataFrame = field(repr=False)  # feature, gain, split; gain desc
+    kind = LIGHTGBM
+
+    @property
+    def scorer(self) -> LightGBMRanker:
+        """The booster behind the common `core.inference.ranker.Ranker` interface."""
+        return LightGBMRanker(self.booster)
 
 
 def sort_by_group(df: pd.DataFrame) -> pd.DataFrame:
@@ -92,7 +99,7 @@ def _dataset(
     if len(df) == 0:
         raise ValueError("no ranking rows")
     df = sort_by_group(df)
-    labels = _labels(df, len(config.label_gain))
+    labels = graded_labels(df, len(config.label_gain))
     return lgb.Dataset(
         to_model_matrix(df, spec),
         label=labels,
@@ -103,7 +110,8 @@ def _dataset(
     )
 
 
-def _labels(df: pd.DataFrame, n_grades: int) -> np.ndarray:
+def graded_labels(df: pd.DataFrame, n_grades: int) -> np.ndarray:
+    """The integer grades 0..n_grades-1 of `df`'s label column; refuses nulls, fractions and out-of-range values."""
     if LABEL_COLUMN not in df.columns:
         raise ValueError(f"ranking rows need a {LABEL_COLUMN!r} column")
     labels = df[LABEL_COLUMN].to_numpy()
