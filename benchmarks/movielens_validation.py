@@ -140,13 +140,22 @@ def _item_knn_content(mode: str, seed: int) -> TrainConfig:
     return config
 
 
+def _dcn(mode: str, seed: int) -> TrainConfig:
+    """The current configuration with a DCN-v2 ranker trained beside LightGBM, the better one on
+    the pipeline's own validation requests shipped."""
+    config = _current(mode, seed)
+    config.ranker_kinds = ("lightgbm", "dcn")
+    config.dcn.seed = seed
+    return config
+
+
 VARIANTS: dict[str, Callable[[str, int], TrainConfig]] = {
     "current": _current, "before_issue_15": _before, "no_two_tower": _no_two_tower, "relative": _relative,
     "no_two_tower_relative": _no_two_tower_relative, "no_two_tower_relative_grid": _no_two_tower_relative_grid,
     "candidate": _candidate, "label_days_7": _label_days(7), "label_days_28": _label_days(28),
     "item_age": _item_age, "wide_ranker_grid": _wide_ranker_grid, "sasrec": _sasrec,
     "no_sasrec": _no_sasrec, "item_knn": _item_knn(100), "item_knn_50": _item_knn(50),
-    "content": _content, "item_knn_content": _item_knn_content,
+    "content": _content, "item_knn_content": _item_knn_content, "dcn": _dcn,
 }
 
 
