@@ -37,8 +37,9 @@ def read_metrics(report_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
-    """The two-stage model first (then its ranker as validated, before the refit), then every source
-    alone and every baseline by NDCG@10; the best value per column in bold. Fits 80 columns."""
+    """The two-stage model first (then its ranker as validated, before the refit, and each ranker
+    kind's list), then every source alone and every baseline by NDCG@10; the best value per column
+    in bold. Fits 80 columns."""
     columns = [m for m in SUMMARY_METRICS if any(m in row for row in metrics.values())]
     table = Table(title="Offline evaluation, test window, top 10: two-stage vs sources and baselines",
                   title_justify="left", box=box.SIMPLE_HEAD)
@@ -46,11 +47,14 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
     for column in columns:
         table.add_column(METRIC_HEADERS.get(column, column), justify="right")
     best = {c: max((row.get(c, float("-inf")) for row in metrics.values()), default=None) for c in columns}
-    order = sorted(metrics, key=lambda name: (name != OURS, name != BEFORE_REFIT, -metrics[name].get("ndcg@10", 0.0)))
+    order = sorted(metrics, key=lambda name: (name != OURS, name != BEFORE_REFIT, not name.startswith(OURS),
+                                              -metrics[name].get("ndcg@10", 0.0)))
     for name in order:
         row = metrics[name]
         cells = [_cell(row.get(c), row.get(c) == best[c]) for c in columns]
-        label = {OURS: f"[bold]{OURS}[/]", BEFORE_REFIT: "↳ before refit"}.get(name, name)
+        # each ranker kind's own list, when several were trained (two_stage_lightgbm, two_stage_dcn)
+        label = {OURS: f"[bold]{OURS}[/]", BEFORE_REFIT: "↳ before refit"}.get(
+            name, f"↳ {name.removeprefix(OURS + '_')} ranker" if name.startswith(OURS + "_") else name)
         table.add_row(label, *cells)
     return table
 

@@ -61,6 +61,20 @@ def test_the_metrics_table_fits_80_columns_with_every_name_whole():
     assert header.split() == ["model", "NDCG", "recall", "hit", "rate", "MAP", "coverage"]
 
 
+def test_each_ranker_kinds_list_follows_the_two_stage_rows():
+    metrics = {**METRICS, "two_stage_before_refit": METRICS["two_stage"],
+               "two_stage_lightgbm": METRICS["two_stage"], "two_stage_dcn": METRICS["popularity"]}
+    console = Console(record=True, width=80, force_terminal=False)
+    print_summary(console, DemoSummary(metrics))
+    text = console.export_text()
+    lines = [line.split() for line in text.splitlines() if line.split()]
+    rows = [line[:3] for line in lines if line[0] in metrics or line[0] == "↳"]
+    assert rows == [["two_stage", "0.1500", "0.0900"], ["↳", "before", "refit"], ["↳", "lightgbm", "ranker"],
+                    ["↳", "dcn", "ranker"], ["covisitation", "0.1200", "0.0700"], ["popularity", "0.1000", "0.0500"]]
+    assert any(line[:4] == ["↳", "dcn", "ranker", "0.1000"] for line in lines)
+    assert "vs the best source or baseline, covisitation 0.1200" in text
+
+
 def test_the_monitor_stage_says_what_each_gate_decided():
     from workflows.traffic import DemoReports, monitor_outcome
 
