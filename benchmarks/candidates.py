@@ -177,7 +177,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
+    from threadpoolctl import threadpool_limits
     faiss.omp_set_num_threads(args.threads)
+    # numpy's BLAS too, as the server's OMP_NUM_THREADS does (python -m serving): with two threads a
+    # small matrix-vector product waits on the other thread, ~10 ms on a busy machine.
+    threadpool_limits(args.threads)
 
     world = build_world(args.items, args.users, args.seed)
     config = CandidateConfig(n_ann=500, n_trending=50, n_covisit=50, covisit_seeds=5)

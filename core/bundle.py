@@ -63,9 +63,10 @@ TRENDING_SCORES = "trending_scores.npy"
 ALS_ITEM_FACTORS = "als_item_factors.npy"  # optional: bundles with the ALS source (manifest "als")
 SASREC_WEIGHTS = "sasrec.npz"  # optional: bundles with the SASRec source (manifest "sasrec": its shape)
 ITEM_KNN = "item_knn.npz"  # optional: bundles with the item-kNN source (item x item CSR, manifest "item_knn")
-# optional: bundles with the content source (manifest "content"): the items' vectors, and the
-# encoder (IDF and projection) that made them, for items added later
+# optional: bundles with the content source (manifest "content"): the items' vectors, their FAISS
+# index, and the encoder (IDF and projection) that made them, for items added later
 CONTENT_VECTORS = "content_vectors.npy"
+CONTENT_INDEX = "content.faiss"
 CONTENT_ENCODER = "content_encoder.npz"
 REQUIRED_KEYS: tuple[str, ...] = ("version", "feature_service", "features", "files")
 # manifest name -> distribution names to try (the first installed one wins)
@@ -178,6 +179,7 @@ class Bundle:
         if self.content is not None:
             encoder = self.content.encoder
             writers[CONTENT_VECTORS] = lambda p: _save_npy(p, self.content.item_vectors)
+            writers[CONTENT_INDEX] = lambda p: save_index(self.content.index, p)
             writers[CONTENT_ENCODER] = lambda p: _save_npz(p, {"idf": encoder.idf, "components": encoder.components})
         return write_bundle(models_dir, version, writers, {**self.manifest, RANKER_KIND_KEY: ranker_kind(self.ranker)})
 
@@ -261,8 +263,9 @@ def _load_content(bundle_dir: Path):
 
     encoder = _load_npz(bundle_dir / CONTENT_ENCODER)
     try:
-        return ContentScorer(_load_npy(bundle_dir / CONTENT_VECTORS), ContentEncoder(encoder["idf"],
-                                                                                     encoder["components"]))
+        return ContentScorer(_load_npy(bundle_dir / CONTENT_VECTORS),
+                             ContentEncoder(encoder["idf"], encoder["components"]),
+                             load_index(bundle_dir / CONTENT_INDEX))
     except (KeyError, ValueError) as error:
         raise BundleError(f"bundle's content files are inconsistent: {error}") from None
 

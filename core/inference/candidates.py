@@ -170,7 +170,8 @@ class CandidateGenerator:
                                     {source: empty for source in self.sources}
                                     | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0),
                                        "_sasrec": np.zeros(0), "_item_knn": (empty, np.zeros(0)),
-                                       "_content": np.zeros(0), "_time": 0})
+                                       "_content": np.zeros(self.content.item_vectors.shape[1] if self.content
+                                                            is not None else 0, np.float32), "_time": 0})
         if len(parts) == 1:
             return parts[0]
         return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
@@ -198,8 +199,13 @@ class CandidateGenerator:
         als_scores = self.als.scores(self.als.user_factors(users.history)) if self.als is not None else None
         sasrec_scores = (self.sasrec.scores(self.sasrec.user_vectors(users.history))
                          if self.sasrec is not None else None)
-        content_scores = (self.content.scores(self.content.profiles(users.history, self.config.content_seeds))
-                          if self.content is not None else None)
+        content_profiles, content_top = None, None
+        if self.content is not None:
+            content_profiles = self.content.profiles(users.history, self.config.content_seeds)
+            content_limit = limits.get(CONTENT_SOURCE, self.config.n_content)
+            # enough hits that `content_limit` remain after the most blocked request's exclusions
+            most_blocked = max(map(len, exclude), default=0) + users.history.shape[1]
+            content_top = self.content.top(content_profiles, content_limit * 3 + most_blocked)
         _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
         n_catalog = len(self.item_available_from)
         out = []
@@ -235,11 +241,12 @@ class CandidateGenerator:
                 lists[ITEM_KNN_SOURCE], lists["_item_knn"] = self._item_knn_list(
                     history[history < n_catalog], request_time, blocked, limits.get(ITEM_KNN_SOURCE,
                                                                                     self.config.n_item_knn))
-            if content_scores is not None:
-                limit = limits.get(CONTENT_SOURCE, self.config.n_content)
-                lists[CONTENT_SOURCE] = self._dense_list(content_scores[row], request_time, blocked,
-                                                         limit * 3 + len(blocked), limit)
-                lists["_content"] = content_scores[row]
+            if content_profiles is not None:
+                top = content_top[row]
+                top = top[top >= 0]
+                lists[CONTENT_SOURCE] = self._first_allowed(top, self.content.item_scores(content_profiles[row], top),
+                                                            request_time, blocked, content_limit)
+                lists["_content"] = content_profiles[row]
             out.append(lists)
         return out
 
@@ -344,7 +351,7 @@ class CandidateGenerator:
         if self.item_knn is not None:
             columns["item_knn_score"] = _lookup(*lists["_item_knn"], items)
         if self.content is not None:
-            columns["content_score"] = np.asarray(lists["_content"], dtype=np.float64)[items]
+            columns["content_score"] = self.content.item_scores(lists["_content"], items)
         if self.config.relative_scores:
             columns.update(relative_scores(columns))
         if self.config.item_age:

@@ -9,8 +9,11 @@ whole catalog costs one small matrix product per request. Nothing about an item'
 item nobody has interacted with yet is as reachable as any other.
 
 A request's profile is the sum of the vectors of its `seeds` most recent items; an item's
-score is its cosine with the profile (0 for an empty history). The bundle ships the item vectors
-and the encoder (IDF and projection), so a new item can be encoded without a retrain. Training and serving score with
+score is its cosine with the profile (0 for an empty history). The best items for a profile come
+from a FAISS index over the vectors (`core.inference.ann_index`: exact below 50k items, HNSW
+above), so a request never scores the whole catalog; a candidate's score is one small dot
+product. The bundle ships the item vectors, their index and the encoder (IDF and projection), so a
+new item can be encoded without a retrain. Training and serving score with
 this one class.
 """
 
@@ -20,9 +23,12 @@ import math
 import re
 from collections.abc import Iterable
 
+import faiss
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from core.inference.ann_index import build_index, search
 
 N_FEATURES = 2**14
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -107,13 +113,18 @@ class ContentScorer:
     """Content scores of every item for a batch of request histories; `encoder` (what encoded the
     vectors) is kept for encoding items added later."""
 
-    def __init__(self, item_vectors: np.ndarray, encoder: ContentEncoder | None = None) -> None:
+    def __init__(self, item_vectors: np.ndarray, encoder: ContentEncoder | None = None,
+                 index: faiss.Index | None = None) -> None:
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         if self.item_vectors.ndim != 2 or not np.all(np.isfinite(self.item_vectors)):
             raise ValueError("content item vectors must be a finite (n_items, dim) array")
         if encoder is not None and encoder.dim != self.item_vectors.shape[1]:
             raise ValueError(f"content vectors have {self.item_vectors.shape[1]} dimensions, the encoder {encoder.dim}")
         self.encoder = encoder
+        self.index = index if index is not None else build_index(self.item_vectors)
+        if self.index.ntotal != len(self.item_vectors) or self.index.d != self.item_vectors.shape[1]:
+            raise ValueError(f"the content index holds {self.index.ntotal} vectors of {self.index.d} dimensions, "
+                             f"not {self.item_vectors.shape}")
 
     @classmethod
     def fit(cls, items: pd.DataFrame, known: np.ndarray, dim: int = 64, seed: int = 0) -> ContentScorer:
@@ -135,8 +146,18 @@ class ContentScorer:
         vectors = self.item_vectors[np.where(keep, history, 0)] * keep[..., None]
         return _unit_rows(vectors.sum(axis=1))
 
+    def top(self, profiles: np.ndarray, k: int) -> np.ndarray:
+        """(n_requests, k') item indices nearest each profile, best first (-1 where an approximate
+        index found fewer)."""
+        return search(self.index, profiles, k)[1]
+
+    def item_scores(self, profile: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Cosine of `items` with one profile, float64."""
+        return (self.item_vectors[items] @ profile).astype(np.float64)
+
     def scores(self, profiles: np.ndarray) -> np.ndarray:
-        """(n_requests, n_items) cosine of each item with each profile, float64."""
+        """(n_requests, n_items) cosine of each item with each profile, float64 (the whole catalog:
+        for tests and analysis; requests use `top` and `item_scores`)."""
         return (profiles @ self.item_vectors.T).astype(np.float64)
 
 

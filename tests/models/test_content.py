@@ -106,3 +106,31 @@ def test_generator_proposes_a_cold_item_whose_content_fits_the_history():
     np.testing.assert_allclose(after.content_score_gap, after.content_score - after.content_score.max())
     only_content = (after.from_content == 1) & (after.from_two_tower + after.from_trending + after.from_covisit == 0)
     assert set(primary_source(after)[only_content.to_numpy()]) == {"content"}
+
+
+def test_the_bundles_content_files_load_back_and_are_checked(tmp_path):
+    from core.bundle import CONTENT_ENCODER, CONTENT_INDEX, CONTENT_VECTORS, BundleError, _load_content
+    from core.inference.ann_index import build_index, save_index
+
+    scorer = ContentScorer.fit(ITEMS, known=np.ones(len(ITEMS), dtype=bool), dim=4)
+    np.save(tmp_path / CONTENT_VECTORS, scorer.item_vectors)
+    save_index(scorer.index, tmp_path / CONTENT_INDEX)
+    np.savez(tmp_path / CONTENT_ENCODER, idf=scorer.encoder.idf, components=scorer.encoder.components)
+    loaded = _load_content(tmp_path)
+    np.testing.assert_array_equal(loaded.item_vectors, scorer.item_vectors)
+    np.testing.assert_array_equal(loaded.encoder.encode(ITEMS), scorer.item_vectors)
+    profiles = scorer.profiles(np.array([[0, 1]]))
+    np.testing.assert_array_equal(loaded.top(profiles, 3), scorer.top(profiles, 3))
+    save_index(build_index(scorer.item_vectors[:5]), tmp_path / CONTENT_INDEX)  # an index of another catalog
+    with pytest.raises(BundleError, match="content files are inconsistent"):
+        _load_content(tmp_path)
+
+
+def test_top_items_are_the_best_scored_ones():
+    scorer = ContentScorer.fit(ITEMS, known=np.ones(len(ITEMS), dtype=bool), dim=4)
+    profiles = scorer.profiles(np.array([[0, 1], [3, len(ITEMS)]]))
+    top = scorer.top(profiles, 3)
+    for row in range(2):
+        scores = scorer.scores(profiles)[row]
+        np.testing.assert_allclose(scores[top[row]], np.sort(scores)[::-1][:3], rtol=1e-5)
+        np.testing.assert_allclose(scorer.item_scores(profiles[row], top[row]), scores[top[row]], rtol=1e-6)
