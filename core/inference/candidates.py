@@ -326,18 +326,10 @@ class CandidateGenerator:
             if start < end:
                 np.maximum.at(ranks[source], inverse[start:end], np.arange(1, end - start + 1))
         ranks = ranks[:, chosen]
-        rank_columns = [("retrieval_rank", "from_two_tower", self.config.n_ann),
-                        ("trending_rank", "from_trending", self.config.n_trending),
-                        ("covisit_rank", "from_covisit", self.config.n_covisit)]
-        if with_als:
-            rank_columns.append(("als_rank", "from_als", self.config.n_als))
-        if with_sasrec:
-            rank_columns.append(("sasrec_rank", "from_sasrec", self.config.n_sasrec))
-        if self.item_knn is not None:
-            rank_columns.append(("item_knn_rank", "from_item_knn", self.config.n_item_knn))
-        if self.content is not None:
-            rank_columns.append(("content_rank", "from_content", self.config.n_content))
-        for source, (rank_column, flag_column, n) in enumerate(rank_columns):
+        sizes = self._limits()  # each source's list length as configured: n + 1 ranks "not in it"
+        for source, name in enumerate(self.sources):
+            flag_column, rank_column = SOURCE_COLUMNS[name]
+            n = sizes[name]
             found = ranks[source] > 0
             columns[rank_column] = np.where(found, ranks[source], n + 1)
             columns[flag_column] = found.astype(np.int8)
