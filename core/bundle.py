@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.atomic import write_text_atomic
-from core.inference.ann_index import load_index, save_index
+from core.inference.ann_index import build_index, load_index, save_index
 from core.inference.dcn import DCNScorer, load_dcn, save_dcn_weights
 from core.inference.frame import FeatureSpec
 from core.inference.inputs import UserInputSpec
@@ -61,6 +61,7 @@ ITEM_AVAILABLE_FROM = "item_available_from.npy"
 COVISITATION = "covisitation.npz"
 TRENDING_SCORES = "trending_scores.npy"
 ALS_ITEM_FACTORS = "als_item_factors.npy"  # optional: bundles with the ALS source (manifest "als")
+ALS_INDEX = "als.faiss"  # with it: inner-product index over those factors (older bundles: exact search)
 SASREC_WEIGHTS = "sasrec.npz"  # optional: bundles with the SASRec source (manifest "sasrec": its shape)
 ITEM_KNN = "item_knn.npz"  # optional: bundles with the item-kNN source (item x item CSR, manifest "item_knn")
 # optional: bundles with the content source (manifest "content"): the items' vectors, their FAISS
@@ -113,6 +114,7 @@ class Bundle:
     two_tower_state: dict[str, np.ndarray] | None = None
     # ALS item factors (row = item_idx); the manifest's "als" entry holds regularization and alpha.
     als_item_factors: np.ndarray | None = None
+    als_index: faiss.Index | None = None  # over als_item_factors; saved as built by `build_index` when None
     # SASRec's weights by name (`core.inference.sasrec.weight_names`); the manifest's "sasrec"
     # entry holds its shape.
     sasrec_weights: dict[str, np.ndarray] | None = None
@@ -140,7 +142,11 @@ class Bundle:
         params = self.manifest.get("als") or {}
         if "regularization" not in params or "alpha" not in params:
             raise BundleError(f"bundle has {ALS_ITEM_FACTORS} but no manifest 'als' regularization and alpha")
-        return ALSUserSolver(self.als_item_factors, float(params["regularization"]), float(params["alpha"]))
+        try:
+            return ALSUserSolver(self.als_item_factors, float(params["regularization"]), float(params["alpha"]),
+                                 self.als_index)
+        except ValueError as error:
+            raise BundleError(f"bundle's {ALS_INDEX} does not fit its {ALS_ITEM_FACTORS}: {error}") from None
 
     @classmethod
     def from_two_tower_state(cls, state: Mapping[str, np.ndarray], **fields: Any) -> Bundle:
@@ -172,6 +178,8 @@ class Bundle:
         }
         if self.als_item_factors is not None:
             writers[ALS_ITEM_FACTORS] = lambda p: _save_npy(p, np.asarray(self.als_item_factors, dtype=np.float32))
+            als_index = self.als_index if self.als_index is not None else build_index(self.als_item_factors)
+            writers[ALS_INDEX] = lambda p: save_index(als_index, p)
         if self.sasrec_weights is not None:
             writers[SASREC_WEIGHTS] = lambda p: _save_npz(p, self.sasrec_weights)
         if self.item_knn is not None:
@@ -221,6 +229,7 @@ class Bundle:
             manifest=manifest,
             als_item_factors=(_load_npy(bundle_dir / ALS_ITEM_FACTORS) if ALS_ITEM_FACTORS in manifest["files"]
                               else None),
+            als_index=load_index(bundle_dir / ALS_INDEX) if ALS_INDEX in manifest["files"] else None,
             sasrec_weights=(_load_npz(bundle_dir / SASREC_WEIGHTS) if SASREC_WEIGHTS in manifest["files"] else None),
             item_knn=sp.load_npz(bundle_dir / ITEM_KNN).tocsr() if ITEM_KNN in manifest["files"] else None,
             content=_load_content(bundle_dir) if CONTENT_VECTORS in manifest["files"] else None,

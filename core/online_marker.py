@@ -14,6 +14,10 @@ fresh random token per feature view after every write to it (materialization, pu
 compares the token with the one it saw at its last full read: unchanged, nothing was written since,
 so it need not re-read 100k write stamps to find out. A missing token (Feast's built-in store, or
 an emptied Redis) means "unknown": the reader reads the stamps.
+
+Written entities: the same store adds the id of every item it writes a row for to a Redis set
+(`written_ids_key`), so serving can find items created after its model bundle (`serving.new_items`)
+without scanning the keyspace: a changed set size says something new may be there.
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ def is_bookkeeping_key(key: bytes) -> bool:
 
 def write_token_key(project: str, view: str) -> bytes:
     return f"recsys:online_writes:{view}:{project}".encode()
+
+
+# Join keys whose written ids are kept in a set (single-key views only): the catalog's.
+TRACKED_JOIN_KEYS = ("item_id",)
+
+
+def written_ids_key(project: str, join_key: str) -> bytes:
+    """The set of `join_key` values some view of `project` holds a row for."""
+    return f"recsys:online_ids:{join_key}:{project}".encode()
 
 
 def new_write_token() -> str:

@@ -25,7 +25,9 @@ The first row of every batch is checked against Feast's own key and value serial
 change of encoding in a Feast upgrade fails loudly instead of writing unreadable rows.
 Every write (this path, and pushes through the built-in `online_write_batch`) ends by setting the
 view's write token (`core.online_marker.write_token_key`), which tells readers that keep a copy of
-a view whether anything was written since they read it. Everything else (reads, teardown) is the
+a view whether anything was written since they read it, and the ids of the items written go to
+a set (`core.online_marker.written_ids_key`), which tells serving that items newer than its
+bundle exist. Everything else (reads, teardown) is the
 built-in store's.
 Select it in feature_store.yaml with `online_store.type: feast_ext.online_store.FastRedisOnlineStore`.
 """
@@ -41,7 +43,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.online_marker import new_write_token, write_token_key
+from core.online_marker import TRACKED_JOIN_KEYS, new_write_token, write_token_key, written_ids_key
 from feast_ext.compat import check_feast
 
 check_feast()  # before the Feast internals below are imported: a clear message, not an ImportError
@@ -146,23 +148,31 @@ class FastRedisOnlineStore(RedisOnlineStore):
             raise
         finally:
             client.connection_pool.release(conn)
-        self._note_write(config, table)
+        tracked = _tracked_key(table)
+        self._note_write(config, table, data.column(tracked).to_pylist() if tracked else ())
         return written
 
     def online_write_batch(self, config: RepoConfig, table: FeatureView, data: list, progress: Any) -> None:
         super().online_write_batch(config, table, data, progress)
-        self._note_write(config, table)
+        self._note_write(config, table, _proto_ids(table, data))
 
     async def online_write_batch_async(self, config: RepoConfig, table: FeatureView, data: list,
                                        progress: Any) -> None:
         await super().online_write_batch_async(config, table, data, progress)
         client = await self._get_client_async(config.online_store)
+        ids, tracked = _proto_ids(table, data), _tracked_key(table)
+        for start in range(0, len(ids), _IDS_PER_COMMAND):
+            await client.sadd(written_ids_key(config.project, tracked), *ids[start:start + _IDS_PER_COMMAND])
         await client.set(write_token_key(config.project, table.name), new_write_token())
 
-    def _note_write(self, config: RepoConfig, table: FeatureView) -> None:
-        """A fresh write token for `table` (after the rows: a reader that sees the new token
-        then reads the new rows)."""
-        self._get_client(config.online_store).set(write_token_key(config.project, table.name), new_write_token())
+    def _note_write(self, config: RepoConfig, table: FeatureView, ids: list) -> None:
+        """The ids written to the id set, then a fresh write token for `table` (after the rows: a
+        reader that sees the new token then reads the new rows)."""
+        client = self._get_client(config.online_store)
+        ids = [i for i in ids if i is not None]
+        for start in range(0, len(ids), _IDS_PER_COMMAND):
+            client.sadd(written_ids_key(config.project, _tracked_key(table)), *ids[start:start + _IDS_PER_COMMAND])
+        client.set(write_token_key(config.project, table.name), new_write_token())
 
     def _write_with_protos(self, config: RepoConfig, table: FeatureView, data: pa.Table) -> int:
         keys = {e.name: e.dtype.to_value_type() for e in table.entity_columns}
@@ -171,6 +181,22 @@ class FastRedisOnlineStore(RedisOnlineStore):
         rows = [row for batch in data.to_batches() for row in _convert_arrow_to_proto(batch, table, keys)]
         self.online_write_batch(config, table, rows, progress=None)
         return len(rows)
+
+
+_IDS_PER_COMMAND = 10_000
+
+
+def _tracked_key(view: FeatureView) -> str | None:
+    """The view's join key when its written ids are kept (`TRACKED_JOIN_KEYS`), else None."""
+    keys = [e.name for e in view.entity_columns]
+    return keys[0] if len(keys) == 1 and keys[0] in TRACKED_JOIN_KEYS else None
+
+
+def _proto_ids(view: FeatureView, rows: list) -> list[int]:
+    """The tracked join key's values of Feast's (EntityKeyProto, values, ts, created) rows."""
+    if _tracked_key(view) is None:
+        return []
+    return [int(row[0].entity_values[0].int64_val) for row in rows]
 
 
 class _Layout:

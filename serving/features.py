@@ -67,7 +67,7 @@ from redis.retry import Retry
 
 from core.contracts import RANKING_SERVICE, RETRIEVAL_SERVICE, service_features
 from core.loops import PeriodicTask
-from core.online_marker import write_token_key
+from core.online_marker import write_token_key, written_ids_key
 from core.settings import apply_environment_defaults
 from feast_ext.redis_reads import EntityKeyEncoder, frame_fields, hmget_many
 from serving.redact import get_logger, redact
@@ -80,6 +80,9 @@ ITEM_KEYS = ("item_id",)
 USER_CATEGORY_KEYS = ("user_id", "category")
 ITEM_CATEGORY_COLUMN = "item_profile__item_category"
 IS_NEW_COLUMN = "item_daily__is_new"
+ITEM_PROFILE_VIEW = "item_profile"
+# item_profile features -> the attributes the content encoder reads (core.inference.content.documents)
+ITEM_ATTRIBUTES = {"item_category": "category", "title": "title", "price": "price"}
 _NUMERIC_TYPES = (Int32, Int64, Float32, Float64, Bool)
 STAMP_BATCH = 250  # keys per pipelined HMGET of write stamps
 REDIS_KEY_CACHE_SIZE = 200_000  # entity keys kept serialized (OnlineFeatures.redis_keys)
@@ -391,6 +394,55 @@ class OnlineFeatures:
             raise
         return None if any(t is None for t in tokens) else tokens
 
+    def item_profiles(self, item_ids: Sequence[int]) -> tuple[pd.DataFrame, np.ndarray]:
+        """The `ITEM_ATTRIBUTES` of items (a frame with category, title and price columns) and
+        when each profile row became known (its event timestamp, epoch seconds; -1 for an item
+        without a profile row). One pipelined read, not cached: for items new to the bundle."""
+        layout = self._profile_layout()
+        keys = self.redis_keys(ITEM_KEYS, [(int(i),) for i in item_ids], cache=False)
+        stamp_field = f"_ts:{ITEM_PROFILE_VIEW}"
+        try:
+            replies = self._online_store()._read_hash_fields(  # noqa: SLF001
+                self.store.config, [(key, [*layout.fields, stamp_field]) for key in keys])
+        except Exception as error:  # noqa: BLE001 - classify below
+            if _is_store_failure(error):
+                raise OnlineStoreUnavailable(f"online store unreachable: {error}") from error
+            raise
+        rows = [layout.decode(reply[:-1]) for reply in replies]
+        frame = pd.DataFrame({attribute: [row[f"{ITEM_PROFILE_VIEW}__{feature}"] for row in rows]
+                              for feature, attribute in ITEM_ATTRIBUTES.items()})
+        known = np.array([_stamp_seconds(reply[-1]) for reply in replies], dtype=np.int64)
+        return frame, known
+
+    def _profile_layout(self) -> HashLayout:
+        layout = getattr(self, "_item_profile_layout", None)
+        if layout is None:
+            refs = [f"{ITEM_PROFILE_VIEW}:{feature}" for feature in ITEM_ATTRIBUTES]
+            layout = self._item_profile_layout = self._layout(ITEM_KEYS, refs)
+        return layout
+
+    def written_item_count(self) -> int:
+        """How many item ids the online store holds rows for (`core.online_marker.written_ids_key`;
+        0 where its store does not keep the set)."""
+        return int(self._redis_call(lambda c: c.scard(self._written_items_key)))
+
+    def written_item_ids(self) -> np.ndarray:
+        """Those ids, ascending."""
+        members = self._redis_call(lambda c: c.smembers(self._written_items_key))
+        return np.sort(np.array([int(v) for v in members], dtype=np.int64))
+
+    @property
+    def _written_items_key(self) -> bytes:
+        return written_ids_key(self.store.config.project, ITEM_KEYS[0])
+
+    def _redis_call(self, call: Callable[[redis.Redis], Any]) -> Any:
+        try:
+            return call(self._client())
+        except Exception as error:  # noqa: BLE001
+            if _is_store_failure(error):
+                raise OnlineStoreUnavailable(f"online store unreachable: {error}") from error
+            raise
+
     @property
     def item_views(self) -> list[str]:
         return _dedup(ref.split(":")[0] for ref in self.item_refs)
@@ -403,6 +455,15 @@ class OnlineFeatures:
         stamp = Timestamp()
         stamp.ParseFromString(raw)
         return datetime.fromtimestamp(stamp.seconds, tz=timezone.utc) + timedelta(microseconds=stamp.nanos // 1000)
+
+
+def _stamp_seconds(raw: bytes | None) -> int:
+    """A raw `_ts:<view>` field as epoch seconds (-1 when missing)."""
+    if not raw:
+        return -1
+    stamp = Timestamp()
+    stamp.ParseFromString(raw)
+    return int(stamp.seconds)
 
 
 def _value_proto(value: Any) -> ValueProto:
@@ -513,6 +574,24 @@ class ItemFeatureCache:
             self.last_error = None
             return snapshot
 
+    def _cover(self, item_ids: np.ndarray) -> ItemSnapshot:
+        """A snapshot of exactly `item_ids`: the current one with the items appended when they
+        extend its catalog (items added after a bundle, `serving.new_items`), else a full load."""
+        with self._lock:
+            snapshot = self.snapshot
+            n = 0 if snapshot is None else len(snapshot.item_ids)
+            if n and len(item_ids) > n and np.array_equal(item_ids[:n], snapshot.item_ids):
+                more = item_ids[n:]
+                keys = self.online.redis_keys("item_id", more, cache=False)
+                stamps = self.online.write_stamps(self.online.item_views, keys, STAMP_BATCH, self.pause_s)
+                fresh = self._fetch(more)
+                columns = {c: np.concatenate([values, fresh[c]]) for c, values in snapshot.columns.items()}
+                grown = ItemSnapshot(item_ids, columns, snapshot.stamps + stamps, snapshot.fetched_at,
+                                     snapshot.keys + keys, tokens=snapshot.tokens, swept_at=snapshot.swept_at)
+                self._install(grown)
+                return grown
+        return self.load(item_ids)
+
     def _install(self, snapshot: ItemSnapshot) -> None:
         if self.on_snapshot is not None:
             try:
@@ -532,7 +611,7 @@ class ItemFeatureCache:
         if snapshot is not None and np.array_equal(snapshot.item_ids, item_ids):
             return
         try:
-            self.load(item_ids)
+            self._cover(item_ids)
         except OnlineStoreUnavailable as error:
             self.last_error = str(error)
             log.warning("item feature cache not loaded (%s); will retry in the background", error)
@@ -544,7 +623,7 @@ class ItemFeatureCache:
         work that would stall requests."""
         snapshot = self.snapshot
         if self.wanted is not None and (snapshot is None or not np.array_equal(snapshot.item_ids, self.wanted)):
-            return len(self.load(self.wanted).item_ids)
+            return len(self._cover(self.wanted).item_ids)
         with self._lock:
             snapshot = self.snapshot
             if snapshot is None:

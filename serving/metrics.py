@@ -69,6 +69,8 @@ class ServingMetrics:
         self.item_cache_refresh = Histogram("recsys_item_cache_refresh_seconds", "Item cache refresh duration",
                                             ["outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                                             registry=r)
+        self.new_items = Gauge("recsys_new_items", "Items created after the bundle and served without a "
+                               "retrain, per bundle in service", ["bundle"], registry=r, multiprocess_mode="livemax")
         self.served_log = Counter("recsys_served_log_records_total", "Served-log records",
                                   ["outcome"], registry=r)  # queued | written | dropped | failed
 

@@ -98,10 +98,19 @@ class LoadedModel:
     covisit: BundleCovisitation
     generator: CandidateGenerator
     loaded_at: float = field(default_factory=time.time)
+    # Items created after the bundle (serving.new_items): the bundle's own model, and the ids
+    # appended to its catalog (the last len(added_ids) item indices).
+    base: LoadedModel | None = field(default=None, repr=False)
+    added_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def version(self) -> str:
         return str(self.manifest["version"])
+
+    @property
+    def bundle_model(self) -> LoadedModel:
+        """This model without the items added after its bundle."""
+        return self.base if self.base is not None else self
 
     @property
     def n_items(self) -> int:
@@ -206,7 +215,8 @@ class ModelHolder:
 
     def __init__(self, models_dir: Path, version: str, expected_features: Callable[[], list[str] | None],
                  candidates: Mapping[str, int], prepare: Callable[[LoadedModel], None] | None = None,
-                 on_change: Callable[[str, str], None] | None = None, check_timeout_s: float = 120.0) -> None:
+                 on_change: Callable[[str, str], None] | None = None, check_timeout_s: float = 120.0,
+                 extend: Callable[[LoadedModel], LoadedModel] | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.check_timeout_s = check_timeout_s
         self.version = version
@@ -214,6 +224,7 @@ class ModelHolder:
         self.candidates = candidates
         self.prepare = prepare  # e.g. fill the item feature cache for a new catalog, before the swap
         self.on_change = on_change  # (event, detail), for metrics
+        self.extend = extend  # a loaded bundle -> the model to serve (items added after it, serving.new_items)
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.rejected: dict[str, str] = {}  # version -> why (not retried until its manifest changes)
@@ -243,7 +254,7 @@ class ModelHolder:
             try:
                 features = self.expected_features()
                 check_bundle(bundle, features, self.candidates, self.check_timeout_s)
-                model = LoadedModel.load(bundle, features, self.candidates)
+                model = self._extended(LoadedModel.load(bundle, features, self.candidates))
                 if self.prepare is not None:
                     self.prepare(model)
             except Exception as error:  # noqa: BLE001 - any failure rejects this bundle
@@ -261,6 +272,25 @@ class ModelHolder:
             log.info("model bundle %s in service (was %s), loaded in %.2fs", name, previous,
                      time.perf_counter() - started)
             self._notify("loaded", name)
+            return True
+
+    def _extended(self, model: LoadedModel) -> LoadedModel:
+        """`extend(model)`; the bundle alone when that fails (its own catalog still serves)."""
+        if self.extend is None:
+            return model
+        try:
+            return self.extend(model)
+        except Exception as error:  # noqa: BLE001
+            log.warning("bundle %s: items added after it are not served (%s)", model.version, redact(error))
+            return model
+
+    def replace(self, expected: LoadedModel, model: LoadedModel) -> bool:
+        """Swap in `model` (the same bundle with other items added) if `expected` is still the one
+        in service; False when a reload replaced it meanwhile."""
+        with self._lock:
+            if self.current is not expected:
+                return False
+            self.current = model
             return True
 
     def _public(self, error: BaseException | str) -> str:

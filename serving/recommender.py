@@ -544,7 +544,7 @@ class Recommender:
 
     def item_table(self, snapshot: ItemSnapshot, model: LoadedModel) -> ItemTable:
         """`model`'s catalog over `snapshot` with its ranker item block (built once per pair)."""
-        return snapshot.derive(("ranker-items", model.version),
+        return snapshot.derive(("ranker-items", model.version, model.n_items),
                                lambda snap: ItemTable.build(snap, model.item_ids.ids, self.plan(model).blocks[ITEM]))
 
     def prepare_snapshot(self, snapshot: ItemSnapshot, models: list[LoadedModel] | None = None) -> None:

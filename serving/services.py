@@ -5,6 +5,8 @@ Background threads (all daemons, stopped by `stop()`):
   each checks its version (`latest` moves) every `reload_interval_s` (see `serving.model.ModelHolder`,
   `serving.experiment.VariantRouter`);
 * item feature cache refresh - every `item_cache_refresh_s` (see `serving.features`);
+* new items - every `new_items_check_s`, items created after a bundle are added to its catalog
+  (see `serving.new_items`);
 * Redis health check - a PING every `health_check_interval_s`, marks the store up/down;
 * served-log writer - drains the sampled request records to parquet (see `serving.served_log`);
 * event-log writer - group commits of the events of `POST /events` (see `serving.event_log`).
@@ -31,9 +33,10 @@ from feast_ext.online_history import OnlineHistory
 from serving.event_log import EventLog
 from serving.events import EventIngestor
 from serving.experiment import VariantRouter
-from serving.features import ItemFeatureCache, OnlineFeatures, make_feature_store
+from serving.features import ItemFeatureCache, OnlineFeatures, OnlineStoreUnavailable, make_feature_store
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder
+from serving.new_items import NewItems
 from serving.recommender import Recommender, StoreHealth
 from serving.redact import get_logger, redact
 from serving.rules import RuleConfig
@@ -53,6 +56,7 @@ class Services:
         self.health = StoreHealth()
         self.cache = ItemFeatureCache(self.online, settings, on_refresh=self._cache_refreshed)
         self.candidates = settings.candidate_overrides()
+        self.new_items = NewItems(self.online, settings.new_items_max if settings.new_items_check_s else 0)
         self._catalog_lock = threading.Lock()
         self.variants = VariantRouter(settings.experiment, settings.variant_bundles(), self._make_holder)
         self.holder = self.variants.primary  # the control's (or the only) bundle
@@ -73,6 +77,7 @@ class Services:
                                     settings.idempotency_ttl_s)
         self.inflight = 0  # recommendation requests admitted and not answered (event-loop only)
         self._health_loop: PeriodicTask | None = None
+        self._new_items_loop: PeriodicTask | None = None
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -84,7 +89,7 @@ class Services:
     def _make_holder(self, bundle: str) -> ModelHolder:
         return ModelHolder(self.settings.models_dir, bundle, self._expected_features, self.candidates,
                            prepare=partial(self._prepare, bundle), on_change=self._model_changed,
-                           check_timeout_s=self.settings.bundle_check_timeout_s)
+                           check_timeout_s=self.settings.bundle_check_timeout_s, extend=self.new_items.extend)
 
     def _prepare(self, bundle: str, model: LoadedModel) -> None:
         """Before a bundle is swapped in: every ranker column must have an online source, and the
@@ -112,6 +117,31 @@ class Services:
             self._cover_catalogs()
             self.metrics.set_models(self.variants.versions_in_service())
 
+    def add_new_items(self) -> int:
+        """Serve the items created after each bundle in service (`serving.new_items`); returns how
+        many bundles changed. The item cache covers an extended catalog before it is swapped in."""
+        swapped = 0
+        for bundle, holder in self.variants.holders.items():
+            current = holder.current
+            if current is None:
+                continue
+            extended = self.new_items.extend(current)
+            if extended is current:
+                continue
+            self._prepare(bundle, extended)
+            if holder.replace(current, extended):
+                swapped += 1
+                self.metrics.new_items.labels(bundle).set(len(extended.added_ids))
+        if swapped:
+            self._cover_catalogs()
+        return swapped
+
+    def _new_items_round(self) -> None:
+        try:
+            self.add_new_items()
+        except OnlineStoreUnavailable as error:
+            log.warning("new items not checked: %s", error)
+
     def _cache_refreshed(self, outcome: str, seconds: float) -> None:
         self.metrics.item_cache_refresh.labels(outcome).observe(seconds)
 
@@ -126,10 +156,15 @@ class Services:
         self.served_log.start()
         self._health_loop = PeriodicTask("redis-health", self.settings.health_check_interval_s, self._health_round,
                                          log).start()
+        if self.settings.new_items_check_s:
+            self._new_items_loop = PeriodicTask("new-items", self.settings.new_items_check_s, self._new_items_round,
+                                                log).start()
 
     def stop(self) -> None:
         if self._health_loop is not None:  # first: no health round during the teardown
             self._health_loop.stop()
+        if self._new_items_loop is not None:
+            self._new_items_loop.stop()
         self.recommender.stop()
         self.variants.stop()
         self.cache.stop()

@@ -200,6 +200,11 @@ class ServingSettings(BaseSettings):
 
     # -- hot reload / events --------------------------------------------------------------------
     reload_interval_s: float = Field(15.0, gt=0, description="how often `latest` is checked for a new bundle")
+    new_items_check_s: float = Field(30.0, ge=0, description="how often the online store is asked for items "
+                                     "created after the bundle, which are then served without a retrain "
+                                     "(bundles with a content source; 0: never)")
+    new_items_max: int = Field(10_000, ge=0, le=1_000_000, description="at most this many items are added to "
+                               "a bundle's catalog (the highest ids)")
     events_require_known_item: bool = Field(True, description="POST /events rejects items not in the bundle's "
                                             "catalog")
     max_events_per_request: int = Field(1_000, ge=1, le=EVENTS_LIMIT, description="events per POST /events "

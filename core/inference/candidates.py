@@ -168,7 +168,8 @@ class CandidateGenerator:
             empty = np.zeros(0, dtype=np.int64)
             return self._candidates(0, np.zeros(self.item_embeddings.shape[1], self.item_embeddings.dtype),
                                     {source: empty for source in self.sources}
-                                    | {"_scores": (np.zeros(0), empty, np.zeros(0)), "_als": np.zeros(0),
+                                    | {"_scores": (np.zeros(0), empty, np.zeros(0)),
+                                       "_als": np.zeros(self.als.factors if self.als is not None else 0, np.float32),
                                        "_sasrec": np.zeros(0), "_item_knn": (empty, np.zeros(0)),
                                        "_content": np.zeros(self.content.item_vectors.shape[1] if self.content
                                                             is not None else 0, np.float32), "_time": 0})
@@ -188,26 +189,32 @@ class CandidateGenerator:
 
         A source's list is its top `limit * 3 + len(blocked)` items by score (ties by lower index),
         then the allowed ones with a positive score, at most `limit`. Only the items a list can
-        reach are looked at: the trending source's precomputed ranking when it has one, and the
-        seeds' rows of the co-visitation matrix, never a dense array over the catalog. When the
+        reach are looked at: the trending source's precomputed ranking when it has one, the
+        seeds' rows of the co-visitation matrix, and the ALS and content sources' FAISS indexes
+        (top `limit * 3` + the most blocked request's exclusions), never a dense array over the
+        catalog (SASRec's softmax excepted). When the
         list would reach into a group of items tied at the cut-off score, the old full-catalog
         `_top` decides (its `argpartition` picks an arbitrary subset of such a group), so the lists
         are always exactly the ones `_top` gives.
         """
         exclude = exclude or [set() for _ in range(len(users))]
         user_emb = self.model.user_embeddings(users) if user_emb is None else user_emb
-        als_scores = self.als.scores(self.als.user_factors(users.history)) if self.als is not None else None
+        n_catalog = len(self.item_available_from)
+        # enough hits from an index that a list still has its limit after the most blocked request's exclusions
+        most_blocked = max(map(len, exclude), default=0) + users.history.shape[1]
+        als_factors, als_top = None, None
+        if self.als is not None:
+            als_factors = self.als.user_factors(users.history)
+            als_limit = limits.get(ALS_SOURCE, self.config.n_als)
+            als_top = self.als.top(als_factors, als_limit * 3 + most_blocked)
         sasrec_scores = (self.sasrec.scores(self.sasrec.user_vectors(users.history))
                          if self.sasrec is not None else None)
         content_profiles, content_top = None, None
         if self.content is not None:
             content_profiles = self.content.profiles(users.history, self.config.content_seeds)
             content_limit = limits.get(CONTENT_SOURCE, self.config.n_content)
-            # enough hits that `content_limit` remain after the most blocked request's exclusions
-            most_blocked = max(map(len, exclude), default=0) + users.history.shape[1]
             content_top = self.content.top(content_profiles, content_limit * 3 + most_blocked)
         _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
-        n_catalog = len(self.item_available_from)
         out = []
         for row in range(len(users)):
             request_time = int(request_times[row])
@@ -227,11 +234,12 @@ class CandidateGenerator:
                                         limits["covisit"] * 3 + len(blocked), limits["covisit"])
             lists = {"two_tower": ann, "trending": trending, "covisit": covisit,
                      "_scores": (trending_scores, covisit_items, covisit_sums), "_time": request_time}
-            if als_scores is not None:
-                limit = limits.get(ALS_SOURCE, self.config.n_als)
-                lists[ALS_SOURCE] = self._dense_list(als_scores[row], request_time, blocked,
-                                                     limit * 3 + len(blocked), limit)
-                lists["_als"] = als_scores[row]
+            if als_factors is not None:
+                top = als_top[row]
+                top = top[top >= 0]
+                lists[ALS_SOURCE] = self._first_allowed(top, self.als.item_scores(als_factors[row], top),
+                                                        request_time, blocked, als_limit)
+                lists["_als"] = als_factors[row]
             if sasrec_scores is not None:
                 limit = limits.get(SASREC_SOURCE, self.config.n_sasrec)
                 lists[SASREC_SOURCE] = self._dense_list(sasrec_scores[row], request_time, blocked,
@@ -337,7 +345,7 @@ class CandidateGenerator:
         columns["trending_score"] = trending_scores[items]
         columns["covisit_score"] = _lookup(covisit_items, covisit_sums, items)
         if with_als:
-            columns["als_score"] = np.asarray(lists["_als"], dtype=np.float64)[items]
+            columns["als_score"] = self.als.item_scores(lists["_als"], items)
         if with_sasrec:
             columns["sasrec_score"] = np.asarray(lists["_sasrec"], dtype=np.float64)[items]
         if self.item_knn is not None:

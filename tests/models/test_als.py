@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from core.inference.als import ALSUserSolver
+from core.inference.ann_index import build_index
 from training.retrieval.als import ALSConfig, fit_als
 
 
@@ -174,3 +175,42 @@ def test_relative_scores_are_each_score_against_the_requests_best():
     np.testing.assert_allclose(out["retrieval_score_gap"], [0.0, -0.3])
     np.testing.assert_allclose(out["trending_score_share"], [1.0, 0.5])
     np.testing.assert_array_equal(out["covisit_score_share"], [0.0, 0.0])
+
+
+def test_als_lists_from_the_index_are_those_of_scoring_the_whole_catalog():
+    """A request's ALS list comes from the FAISS index over the item factors: the same items in the
+    same order as the top of the full score vector, allowed items with a positive score only."""
+    from core.inference.baselines import CoVisitationRecommender, TrendingRecommender
+    from core.inference.candidates import ALS_SOURCE, CandidateConfig, CandidateGenerator, _top
+    from core.inference.two_tower import UserFeatures
+
+    rng = np.random.default_rng(5)
+    n_items, n_users = 300, 12
+    factors = rng.normal(0, 0.3, (n_items, 8)).astype(np.float32)
+    emb = rng.normal(size=(n_items, 4)).astype(np.float32)
+    available = np.where(rng.random(n_items) < 0.1, 10**9, 0)  # some items created after the requests
+
+    class Encoder:
+        def user_embeddings(self, users):
+            return np.ones((len(users), 4), dtype=np.float32)
+
+    trending = TrendingRecommender(n_items).fit(np.zeros(1), np.array([0]), np.array([0]))
+    generator = CandidateGenerator(Encoder(), emb, build_index(emb), available, trending,
+                                   CoVisitationRecommender(n_items),
+                                   CandidateConfig(n_als=20), als=ALSUserSolver(factors, 1.0, 4.0))
+    history = np.full((n_users, 10), n_items)
+    for row in range(n_users):
+        history[row, : row % 10 + 1] = rng.choice(n_items, row % 10 + 1, replace=False)
+    users = UserFeatures(user_idx=np.zeros(n_users, dtype=np.int64), history=history,
+                         dense=np.zeros((n_users, 0), dtype=np.float32))
+    exclude = [set(rng.choice(n_items, 5).tolist()) for _ in range(n_users)]
+    lists = generator.source_lists(users, np.full(n_users, 1000), exclude, {"two_tower": 5, "trending": 0,
+                                                                            "covisit": 0, ALS_SOURCE: 20})
+    scores = generator.als.scores(generator.als.user_factors(history))
+    for row in range(n_users):
+        seeds = history[row][history[row] < n_items][: generator.config.covisit_seeds]
+        blocked = exclude[row] | set(seeds.tolist())  # what every source's list leaves out
+        top = _top(scores[row], 20 * 3 + len(blocked))
+        expected = [int(i) for i in top if i not in blocked and available[i] <= 1000 and scores[row, i] > 0][:20]
+        assert lists[row][ALS_SOURCE] == expected, row
+        assert len(expected) == 20
