@@ -17,7 +17,7 @@ milliseconds (p50 over calls / mean) and the speed-up. Every timed output is als
 Also times `source_lists` alone, and the training-side `TrendingRecommender` (per-request times).
 
 With `--sources als sasrec item_knn content` it then times `generate` for one request with each
-optional source added on its own (random ALS factors, an untrained SASRec of the default size,
+optional source added on its own (random ALS factors and their index, an untrained SASRec of the default size,
 100 random neighbours per item, random 64-d content vectors: the cost, not the quality), and with
 all of them, against the three base sources in the same rounds, and writes the per-request p50
 milliseconds to `--out` (JSON).
@@ -115,6 +115,7 @@ def compare(name: str, calls: dict, n_calls: int, per_call: int, rounds: int) ->
 def optional_sources(n_items: int, seed: int) -> dict[str, dict]:
     """CandidateGenerator keyword arguments of each optional source, random but of serving size."""
     from core.inference.als import ALSUserSolver
+    from core.inference.ann_index import build_index
     from core.inference.content import ContentScorer
     from core.inference.sasrec import SASRecScorer, SASRecShape
     from training.retrieval.sasrec import SASRecConfig, SASRecModel
@@ -126,7 +127,9 @@ def optional_sources(n_items: int, seed: int) -> dict[str, dict]:
     knn = keep_top_per_row(sp.csr_matrix((rng.random(len(rows)), (rows, rng.integers(0, n_items, len(rows)))),
                                          shape=(n_items, n_items)), 100)
     content = rng.normal(size=(n_items, 64)).astype(np.float32)
-    return {"als": {"als": ALSUserSolver(rng.normal(0, 0.1, (n_items, 32)).astype(np.float32), 10.0, 1.0)},
+    factors = rng.normal(0, 0.1, (n_items, 32)).astype(np.float32)
+    # its index as a bundle ships it (core.bundle.ALS_INDEX: HNSW above 50k items)
+    return {"als": {"als": ALSUserSolver(factors, 10.0, 1.0, build_index(factors))},
             "sasrec": {"sasrec": SASRecScorer(shape, SASRecModel(shape, 0.0).state_arrays())},
             "item_knn": {"item_knn": BundleCovisitation(knn)},
             "content": {"content": ContentScorer(content / np.linalg.norm(content, axis=1, keepdims=True))}}

@@ -25,8 +25,9 @@ What it does:
 
 `results.json` keeps every run's figures; `headline` holds the ones runs are compared by, under
 stable keys: server_cpu_ms_per_request (at `--rate`), floor_ms, cpu_over_floor, naive_p50_ratio,
-p99_ms_at_rate, errors_at_rate, max_rate_p99_under_50ms, sequential_p99_ms, server_rss_mb, and
-steal_pct_at_rate: the share of the machine's CPU time the hypervisor gave to other guests during
+p99_ms_at_rate, errors_at_rate, max_rate_p99_under_50ms, sequential_p99_ms, server_rss_mb,
+http_only_cpu_ms_per_request (the server's CPU per `GET /healthz` at the same rate: uvicorn,
+FastAPI and our middleware, no recommendation work) and steal_pct_at_rate: the share of the machine's CPU time the hypervisor gave to other guests during
 the fixed-rate run (on a shared VM, runs with a high share are slower than the code is).
 
 World (`--world`):
@@ -197,10 +198,12 @@ def client_main(argv: list[str]) -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequential", type=int, default=0, help="closed loop: this many requests, one at a time")
+    parser.add_argument("--path", default=None, help="request this path instead of recommendations")
     args = parser.parse_args(argv)
     users = json.loads(Path(args.users_file).read_text())
     rng = random.Random(args.seed)
-    paths = [f"/recommendations/{rng.choice(users)}?k={args.k}" for _ in range(max(1000, int(args.rate * 10)))]
+    paths = [args.path or f"/recommendations/{rng.choice(users)}?k={args.k}"
+             for _ in range(max(1000, int(args.rate * 10)))]
     try:
         import uvloop
 
@@ -609,12 +612,15 @@ def machine_cpu_times() -> np.ndarray:
     return np.array([getattr(times, field, 0.0) for field in CPU_FIELDS])
 
 
-def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0) -> dict:
-    """One client run against `server`; adds the CPU time per answered request that the server
-    (all its processes) and the client spent, which shows how far the 2 cores are from saturation."""
+def load(server: Server, users_file: Path, rate: float, duration: float, sequential: int = 0,
+         path: str | None = None) -> dict:
+    """One client run against `server` (recommendations for random users, or GET `path`); adds the
+    CPU time per answered request that the server (all its processes) and the client spent, which
+    shows how far the 2 cores are from saturation."""
     drain(server.port)
     command = [sys.executable, __file__, "client", "--port", str(server.port), "--users-file", str(users_file),
-               "--rate", str(rate), "--duration", str(duration), "--sequential", str(sequential)]
+               "--rate", str(rate), "--duration", str(duration), "--sequential", str(sequential),
+               *(["--path", path] if path else [])]
     server_cpu, times = cpu_seconds(server.proc.pid), machine_cpu_times()
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     server_cpu, times = cpu_seconds(server.proc.pid) - server_cpu, machine_cpu_times() - times
@@ -734,6 +740,7 @@ def headline(results: dict) -> dict[str, float | None]:
         "max_rate_p99_under_50ms": best["rate"] if best else None,
         "sequential_p99_ms": results["cached_sequential"].get("p99_ms"),
         "server_rss_mb": results.get("server_rss_mb"),
+        "http_only_cpu_ms_per_request": (results.get("http_only") or {}).get("server_cpu_ms_per_request"),
         "steal_pct_at_rate": at_rate.get("steal_pct"),
     }
 
@@ -816,6 +823,8 @@ def main() -> None:
             results["stage_means_ms"] = stage_means(server)
             log(f"mean stage latency per request (ms; a batch's stage time counts for each of its "
                 f"requests): {results['stage_means_ms']}")
+            results["http_only"] = load(server, users_file, args.rate, min(args.duration, 20.0), path="/healthz")
+            log(f"GET /healthz at the same rate (what the HTTP stack alone costs): {fmt(results['http_only'])}")
 
             low, high, best = 1.0, args.rate * 2, None
             if at_rate["p99_ms"] is not None and at_rate["p99_ms"] < args.p99_ms and not at_rate["errors"]:
@@ -880,6 +889,8 @@ def main() -> None:
             print(f"floor (FAISS search + LightGBM on {results['floor']['lightgbm_rows']} rows + one Redis read): "
                   f"{results['floor']['floor_ms']} ms {results['floor']}; server CPU per request at "
                   f"{args.rate:.0f} req/s = {results['headline']['cpu_over_floor']}x the floor")
+        print(f"GET /healthz at {args.rate:.0f} req/s (the HTTP stack alone): server CPU "
+              f"{results['http_only']['server_cpu_ms_per_request']} ms per request")
         print(f"server RSS after the load: {results['server_rss_mb']} MB")
         print(f"headline: {json.dumps(results['headline'])}")
         (root / "results.json").write_text(json.dumps(results, indent=2))
