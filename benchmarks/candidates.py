@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import atomic  # noqa: E402
 from core.inference import ann_index  # noqa: E402
 from core.inference.baselines import TrendingRecommender, keep_top_per_row  # noqa: E402
-from core.inference.candidates import CandidateConfig, CandidateGenerator  # noqa: E402
+from core.inference.candidates import CandidateConfig, CandidateGenerator, ann_search_k  # noqa: E402
 from serving.model import BundleCovisitation, BundleTrending  # noqa: E402
 from tests.models.candidates_reference import ReferenceCandidateGenerator  # noqa: E402
 from training.retrieval.two_tower import ItemFeatures, TwoTowerConfig, TwoTowerModel, UserFeatures  # noqa: E402
@@ -214,7 +214,11 @@ def main() -> None:
              for label, g in generators.items()}, len(singles), 1, args.repeats)
 
     fixed = {"user tower": lambda i: world["model"].user_embeddings(singles[i][0]),
-             "FAISS search": lambda i: ann_index.search(world["index"], embeddings[i:i + 1], 2 * config.n_ann + 50),
+             "FAISS search, first (ann_search_k)": lambda i: ann_index.search(
+                 world["index"], embeddings[i:i + 1], ann_search_k(
+                     config.n_ann, len(singles[i][2][0]) + singles[i][0].history.shape[1], world["index"].ntotal)),
+             "FAISS search, wide (2n + 50)": lambda i: ann_index.search(world["index"], embeddings[i:i + 1],
+                                                                      2 * config.n_ann + 50),
              "DataFrame build": lambda i: pd.DataFrame(columns[i], copy=False)}
     columns = [generators["new"].generate_columns(*single) for single in singles]
     for label, call in fixed.items():

@@ -27,8 +27,8 @@ What it does:
 stable keys: server_cpu_ms_per_request (at `--rate`), floor_ms, cpu_over_floor, naive_p50_ratio,
 p99_ms_at_rate, errors_at_rate, max_rate_p99_under_50ms, sequential_p99_ms, server_rss_mb,
 http_only_cpu_ms_per_request (the server's CPU per `GET /healthz` at the same rate: uvicorn,
-FastAPI and our middleware, no recommendation work) and steal_pct_at_rate: the share of the machine's CPU time the hypervisor gave to other guests during
-the fixed-rate run (on a shared VM, runs with a high share are slower than the code is).
+FastAPI and our middleware, no recommendation work) and steal_pct_at_rate: the share of the
+machine's CPU time the hypervisor gave to other guests during the fixed-rate run (on a shared VM, runs with a high share are slower than the code is).
 
 World (`--world`):
 * `synthetic` (default): the feature tables (one daily snapshot, realistic marginal distributions)
@@ -682,13 +682,14 @@ def mean_candidates(server: Server) -> float | None:
 def floor(world: World, n_candidates: int, n_rows: int, repeats: int = 300) -> dict[str, float]:
     """The library calls one request cannot avoid, timed in this process on one thread as the
     server runs them (median ms over `repeats`): the FAISS search of one vector for as many
-    neighbours as the candidate generator asks for `n_candidates` (2n + 50: excluded and not yet
-    created items are dropped afterwards), the LightGBM prediction of `n_rows` candidate rows and
+    neighbours as the candidate generator first asks for `n_candidates` (`ann_search_k`: the list,
+    the request's exclusions and a margin for items not yet created), the LightGBM prediction of `n_rows` candidate rows and
     one pipelined Redis read of a user's features. `floor_ms` is their sum."""
     import faiss
 
     from core.bundle import Bundle, resolve_bundle
     from core.inference import ann_index, ranker
+    from core.inference.candidates import ann_search_k
     from feast_ext import repo as feast_repo
     from serving.features import USER_KEYS, OnlineFeatures
 
@@ -706,7 +707,9 @@ def floor(world: World, n_candidates: int, n_rows: int, repeats: int = 300) -> d
         pipe.hmget(key, fields)
         pipe.execute()
 
-    k = min(2 * n_candidates + 50, bundle.index.ntotal)  # as CandidateGenerator._source_arrays
+    # as CandidateGenerator._source_arrays asks for a request whose full history is also excluded
+    history = bundle.user_spec.history_length
+    k = ann_search_k(n_candidates, 2 * history, bundle.index.ntotal)
     calls = {"faiss_search_ms": lambda i: ann_index.search(bundle.index, queries[i:i + 1], k),
              "lightgbm_predict_ms": lambda i: ranker.predict_matrix(bundle.ranker, matrix, 1),
              "redis_read_ms": lambda i: redis_read(keys[i])}

@@ -15,7 +15,9 @@ the row's event timestamp), are appended to the model's catalog (`with_new_items
   retrain (no score, not in their lists);
 * the ranker scores it from its online features like any other candidate.
 
-A bundle without a content source gets no new items: nothing could place them. At most
+A bundle without a content source (and its encoder) gets no new items: nothing could place
+them. While items are added, the bundle's own arrays and indexes stay in memory beside the
+extended copies (the next extension starts from them again). At most
 `max_items` are added (the highest ids, the newest where ids grow); a new bundle that knows them
 takes them over. Building an extended model copies the per-item arrays and clones the FAISS
 indexes (~0.1-0.3 s at 100k items), so it runs in the background, only when the set of written
@@ -62,7 +64,8 @@ class NewItems:
         """`model`'s bundle with the items new to it appended; `model` itself when that is what it
         already serves (or nothing can be added)."""
         bundle = model.bundle_model
-        if self.max_items <= 0 or bundle.generator.content is None:
+        content = bundle.generator.content
+        if self.max_items <= 0 or content is None or content.encoder is None:
             return model
         new = np.setdiff1d(self.written_ids(), bundle.item_ids.ids)
         if len(new) > self.max_items:

@@ -214,7 +214,7 @@ class CandidateGenerator:
             content_profiles = self.content.profiles(users.history, self.config.content_seeds)
             content_limit = limits.get(CONTENT_SOURCE, self.config.n_content)
             content_top = self.content.top(content_profiles, content_limit * 3 + most_blocked)
-        _, ann_items = search(self.index, user_emb, min(limits["two_tower"] * 2 + 50, len(self.item_embeddings)))
+        ann_items = self._ann_hits(user_emb, limits["two_tower"], most_blocked)
         out = []
         for row in range(len(users)):
             request_time = int(request_times[row])
@@ -225,7 +225,11 @@ class CandidateGenerator:
 
             ann = ann_items[row]
             ann = ann[ann >= 0]
-            ann = ann[self._allowed(ann, request_time, blocked)][: limits["two_tower"]]
+            ann = ann[self._allowed(ann, request_time, blocked)]
+            if len(ann) < limits["two_tower"] and ann_items.shape[1] < min(2 * limits["two_tower"] + ANN_MARGIN,
+                                                                          self.index.ntotal):
+                ann = self._wide_ann(user_emb[row], limits["two_tower"], request_time, blocked)
+            ann = ann[: limits["two_tower"]]
             trending_scores = self._trending_scores(request_time)
             trending = self._trending_list(trending_scores, request_time, blocked,
                                            limits["trending"] * 3 + len(blocked), limits["trending"])
@@ -257,6 +261,17 @@ class CandidateGenerator:
                 lists["_content"] = content_profiles[row]
             out.append(lists)
         return out
+
+    def _ann_hits(self, user_emb: np.ndarray, limit: int, most_blocked: int) -> np.ndarray:
+        """Each request's FAISS hits, as many as `ann_search_k` asks for (-1 where fewer)."""
+        return search(self.index, user_emb, ann_search_k(limit, most_blocked, self.index.ntotal))[1]
+
+    def _wide_ann(self, user_vector: np.ndarray, limit: int, request_time: int, blocked: np.ndarray) -> np.ndarray:
+        """The allowed hits of the wider search (`2 * limit + 50`), for a request whose first
+        search left fewer than `limit` after its exclusions and not-yet-created items."""
+        hits = search(self.index, user_vector[None], min(2 * limit + ANN_MARGIN, self.index.ntotal))[1][0]
+        hits = hits[hits >= 0]
+        return hits[self._allowed(hits, request_time, blocked)]
 
     def _allowed(self, items: np.ndarray, request_time: int, blocked: np.ndarray) -> np.ndarray:
         """Mask of `items` that exist at `request_time` and are not in `blocked` (sorted)."""
@@ -381,6 +396,19 @@ def _sparse_row_sums(matrix: sp.spmatrix, seeds: np.ndarray) -> tuple[np.ndarray
         columns, values = rows.indices, rows.data
     items, inverse = np.unique(columns, return_inverse=True)
     return items.astype(np.int64, copy=False), np.bincount(inverse, weights=values, minlength=len(items))
+
+
+ANN_MARGIN = 50  # FAISS hits beyond the list's length and the request's exclusions
+
+
+def ann_search_k(limit: int, most_blocked: int, n_indexed: int) -> int:
+    """How many FAISS hits a request's two-tower list of `limit` items asks for first: the list,
+    the exclusions of the batch's most blocked request, and a margin for items not yet created.
+    A request left short after filtering searches again, as wide as the list was always searched
+    (`2 * limit + 50`), so the lists are those of that wider search (a search's first hits do not
+    depend on how many it returns: exactly for an exact index, and for FAISS's HNSW as measured in
+    benchmarks/candidates.py)."""
+    return min(limit + most_blocked + ANN_MARGIN, 2 * limit + ANN_MARGIN, n_indexed)
 
 
 def relative_scores(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

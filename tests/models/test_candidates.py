@@ -164,6 +164,10 @@ def test_fast_path_gives_exactly_the_reference_output(seed, n_items, hnsw, monke
     dense_list = CandidateGenerator._dense_list
     monkeypatch.setattr(CandidateGenerator, "_dense_list",
                         lambda self, *args: dense_calls.append(type(self.trending).__name__) or dense_list(self, *args))
+    # A request whose first FAISS search (`ann_search_k`) leaves too few allowed items searches again.
+    wide_calls, wide_ann = [], CandidateGenerator._wide_ann
+    monkeypatch.setattr(CandidateGenerator, "_wide_ann",
+                        lambda self, *args: wide_calls.append(1) or wide_ann(self, *args))
     for side in ("training", "serving"):
         for config in configs:
             parts = (world["model"], world["embeddings"], world["index"], world["available_from"], *world[side], config)
@@ -182,4 +186,5 @@ def test_fast_path_gives_exactly_the_reference_output(seed, n_items, hnsw, monke
     # Only a trending source without a precomputed ranking (training's) ranks the whole catalog;
     # co-visitation and the bundle's trending never do, tie groups at the cut-off included.
     assert dense_calls and set(dense_calls) == {"TrendingRecommender"}
+    assert wide_calls  # the wider search ran, for the requests that needed it, with the same lists
 
