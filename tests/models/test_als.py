@@ -110,6 +110,12 @@ def test_bundle_als_solver_reads_its_parameters_from_the_manifest():
     np.testing.assert_array_equal(solver.item_factors, factors)
     with pytest.raises(BundleError, match="regularization and alpha"):
         Bundle(**fields, als_item_factors=factors).als_solver()
+    # the shipped index (als.faiss) must hold exactly those factors
+    manifest = {"als": {"regularization": 2.0, "alpha": 4.0}}
+    assert Bundle(**fields, manifest=manifest, als_item_factors=factors,
+                  als_index=build_index(factors)).als_solver().index.ntotal == 3
+    with pytest.raises(BundleError, match="als.faiss does not fit"):
+        Bundle(**fields, manifest=manifest, als_item_factors=factors, als_index=build_index(factors[:2])).als_solver()
 
 
 def test_select_als_keeps_the_grid_point_with_the_best_validation_ndcg():

@@ -27,7 +27,8 @@ def test_bundle_is_complete_and_latest(trained):
     manifest = load_manifest(bundle, expected_features=expected)
     assert manifest["feature_service"] == "ranking"
     assert manifest["features"] == expected
-    for name in ("ranker.txt", "faiss.index", "two_tower/two_tower.pt", "item_ids.npy", "covisitation.npz"):
+    for name in ("ranker.txt", "faiss.index", "two_tower/two_tower.pt", "item_ids.npy", "covisitation.npz",
+                 "als_item_factors.npy", "als.faiss"):
         assert (bundle / name).is_file(), name
     assert (bundle / "ranker.txt").read_text().startswith("tree")
     assert manifest["training_window"]["test_start"] < manifest["training_window"]["end"]
