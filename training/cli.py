@@ -167,11 +167,17 @@ def train(
                                                "both): the one better on validation NDCG@10 ships"),
 ) -> Path:
     """Train the two-stage recommender from the feature store; write a model bundle and a report."""
+    return train_bundle(max_ranker_requests, epochs, tuple(ranker_kind))
+
+
+def train_bundle(max_ranker_requests: int = 4_000, epochs: int = 8,
+                 ranker_kinds: tuple[str, ...] = ("lightgbm",)) -> Path:
+    """`train` for Python callers (the demo): plain defaults, not typer's option objects."""
     from feast_ext import repo as feast_repo
     from training.pipeline import TrainConfig, run_training
     from training.spark import get_spark
 
-    config = TrainConfig(max_ranker_requests=max_ranker_requests, ranker_kinds=tuple(ranker_kind))
+    config = TrainConfig(max_ranker_requests=max_ranker_requests, ranker_kinds=tuple(ranker_kinds))
     config.two_tower.epochs = epochs
     return run_training(get_spark("training"), feast_repo.feature_store(), get_settings(), config)
 

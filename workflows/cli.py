@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from core.settings import get_settings
-from training.cli import apply, doctor, features, generate, materialize, train
+from training.cli import apply, doctor, features, generate, materialize, train_bundle
 
 app = typer.Typer(help="The recommendation platform end to end.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -38,7 +38,7 @@ def demo(
         return generate(events=events, users=users, items=items, days=days, seed=42, drift=False)
 
     def train_stage() -> Path:
-        return train(max_ranker_requests=4_000, epochs=8)
+        return train_bundle(max_ranker_requests=4_000, epochs=8)
 
     with story_log(get_settings().logs_dir, "demo") as story:
         story.stage("doctor", doctor, lambda _: "Java and Redis ok")
