@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -385,41 +385,28 @@ class OnlineFeatures:
     def write_tokens(self, views: Sequence[str]) -> tuple[bytes, ...] | None:
         """The views' current write tokens (`core.online_marker`), None when any is missing."""
         project = self.store.config.project
-        try:
-            client = self._client()
-            tokens = tuple(client.get(write_token_key(project, view)) for view in views)
-        except Exception as error:  # noqa: BLE001
-            if _is_store_failure(error):
-                raise OnlineStoreUnavailable(f"online store unreachable: {error}") from error
-            raise
+        tokens = self._redis_call(lambda client: tuple(client.get(write_token_key(project, view)) for view in views))
         return None if any(t is None for t in tokens) else tokens
 
     def item_profiles(self, item_ids: Sequence[int]) -> tuple[pd.DataFrame, np.ndarray]:
         """The `ITEM_ATTRIBUTES` of items (a frame with category, title and price columns) and
         when each profile row became known (its event timestamp, epoch seconds; -1 for an item
         without a profile row). One pipelined read, not cached: for items new to the bundle."""
-        layout = self._profile_layout()
+        layout = self._item_profile_layout
         keys = self.redis_keys(ITEM_KEYS, [(int(i),) for i in item_ids], cache=False)
-        stamp_field = f"_ts:{ITEM_PROFILE_VIEW}"
-        try:
-            replies = self._online_store()._read_hash_fields(  # noqa: SLF001
-                self.store.config, [(key, [*layout.fields, stamp_field]) for key in keys])
-        except Exception as error:  # noqa: BLE001 - classify below
-            if _is_store_failure(error):
-                raise OnlineStoreUnavailable(f"online store unreachable: {error}") from error
-            raise
+        fields = [*layout.fields, f"_ts:{ITEM_PROFILE_VIEW}"]
+        replies = self._redis_call(lambda _: self._online_store()._read_hash_fields(  # noqa: SLF001
+            self.store.config, [(key, fields) for key in keys]))
         rows = [layout.decode(reply[:-1]) for reply in replies]
         frame = pd.DataFrame({attribute: [row[f"{ITEM_PROFILE_VIEW}__{feature}"] for row in rows]
                               for feature, attribute in ITEM_ATTRIBUTES.items()})
-        known = np.array([_stamp_seconds(reply[-1]) for reply in replies], dtype=np.int64)
-        return frame, known
+        stamps = [_parse_stamp(reply[-1]) for reply in replies]
+        return frame, np.array([-1 if s is None else s.seconds for s in stamps], dtype=np.int64)
 
-    def _profile_layout(self) -> HashLayout:
-        layout = getattr(self, "_item_profile_layout", None)
-        if layout is None:
-            refs = [f"{ITEM_PROFILE_VIEW}:{feature}" for feature in ITEM_ATTRIBUTES]
-            layout = self._item_profile_layout = self._layout(ITEM_KEYS, refs)
-        return layout
+    @cached_property
+    def _item_profile_layout(self) -> HashLayout:
+        """Built on first use: only serving new items reads the profile's title."""
+        return self._layout(ITEM_KEYS, [f"{ITEM_PROFILE_VIEW}:{feature}" for feature in ITEM_ATTRIBUTES])
 
     def written_item_count(self) -> int:
         """How many item ids the online store holds rows for (`core.online_marker.written_ids_key`;
@@ -449,21 +436,19 @@ class OnlineFeatures:
 
     def last_write(self, view: str, join_key: str, value: Any) -> datetime | None:
         """When Feast last wrote `view` for this entity (full precision), None if never."""
-        raw = self.write_stamps([view], self.redis_keys(join_key, [value]))[0][0]
-        if not raw:
+        stamp = _parse_stamp(self.write_stamps([view], self.redis_keys(join_key, [value]))[0][0])
+        if stamp is None:
             return None
-        stamp = Timestamp()
-        stamp.ParseFromString(raw)
         return datetime.fromtimestamp(stamp.seconds, tz=timezone.utc) + timedelta(microseconds=stamp.nanos // 1000)
 
 
-def _stamp_seconds(raw: bytes | None) -> int:
-    """A raw `_ts:<view>` field as epoch seconds (-1 when missing)."""
+def _parse_stamp(raw: bytes | None) -> Timestamp | None:
+    """A raw `_ts:<view>` field (a serialized protobuf Timestamp), None when missing."""
     if not raw:
-        return -1
+        return None
     stamp = Timestamp()
     stamp.ParseFromString(raw)
-    return int(stamp.seconds)
+    return stamp
 
 
 def _value_proto(value: Any) -> ValueProto:

@@ -95,6 +95,14 @@ class ItemSimilarity(Protocol):
     matrix: sp.csr_matrix
 
 
+class IndexedSource(Protocol):
+    """A source whose best items come from a FAISS index (`ALSUserSolver`, `ContentScorer`)."""
+
+    def top(self, vectors: np.ndarray, k: int) -> np.ndarray: ...
+
+    def item_scores(self, vector: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+
 class UserEncoder(Protocol):
     """What candidate assembly needs of the two-tower model: training passes the torch model,
     serving the numpy `UserTower` loaded from the bundle."""
@@ -239,10 +247,8 @@ class CandidateGenerator:
             lists = {"two_tower": ann, "trending": trending, "covisit": covisit,
                      "_scores": (trending_scores, covisit_items, covisit_sums), "_time": request_time}
             if als_factors is not None:
-                top = als_top[row]
-                top = top[top >= 0]
-                lists[ALS_SOURCE] = self._first_allowed(top, self.als.item_scores(als_factors[row], top),
-                                                        request_time, blocked, als_limit)
+                lists[ALS_SOURCE] = self._indexed_list(self.als, als_top[row], als_factors[row], request_time,
+                                                       blocked, als_limit)
                 lists["_als"] = als_factors[row]
             if sasrec_scores is not None:
                 limit = limits.get(SASREC_SOURCE, self.config.n_sasrec)
@@ -254,13 +260,18 @@ class CandidateGenerator:
                     history[history < n_catalog], request_time, blocked, limits.get(ITEM_KNN_SOURCE,
                                                                                     self.config.n_item_knn))
             if content_profiles is not None:
-                top = content_top[row]
-                top = top[top >= 0]
-                lists[CONTENT_SOURCE] = self._first_allowed(top, self.content.item_scores(content_profiles[row], top),
-                                                            request_time, blocked, content_limit)
+                lists[CONTENT_SOURCE] = self._indexed_list(self.content, content_top[row], content_profiles[row],
+                                                           request_time, blocked, content_limit)
                 lists["_content"] = content_profiles[row]
             out.append(lists)
         return out
+
+    def _indexed_list(self, source: IndexedSource, top: np.ndarray, vector: np.ndarray, request_time: int,
+                      blocked: np.ndarray, limit: int) -> np.ndarray:
+        """The list of a source searched through its FAISS index (ALS, content): its hits `top`
+        (best first, -1 padding) for the request's `vector`, allowed and scoring above 0."""
+        top = top[top >= 0]
+        return self._first_allowed(top, source.item_scores(vector, top), request_time, blocked, limit)
 
     def _ann_hits(self, user_emb: np.ndarray, limit: int, most_blocked: int) -> np.ndarray:
         """Each request's FAISS hits, as many as `ann_search_k` asks for (-1 where fewer)."""

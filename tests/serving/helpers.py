@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 
@@ -17,6 +19,18 @@ def wait_for(predicate, timeout=15.0, interval=0.1):
             return True
         time.sleep(interval)
     return predicate()
+
+
+@contextmanager
+def app_client(settings) -> Iterator:
+    """The app of `settings` in this process behind FastAPI's TestClient (start-up and shutdown
+    run; an unhandled server error comes back as a response, as a client would see it)."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
 
 
 def free_port() -> int:

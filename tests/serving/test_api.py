@@ -14,16 +14,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from fastapi.testclient import TestClient
 
 from core.bundle import new_version, write_bundle
 from core.inference import ranker
 from core.inference.candidates import SOURCE_COLUMNS
 from core.online_marker import write_token_key
-from serving.app import create_app
 from serving.features import ItemFeatureCache
 
-from .helpers import users_with_online_history, wait_for
+from .helpers import app_client, users_with_online_history, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +31,7 @@ COLD_USER = 999_999_999
 @pytest.fixture(scope="module")
 def client(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving_api")
-    app = create_app(world.serving_settings(tmp, gc_freeze=True))  # as served (the default)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with app_client(world.serving_settings(tmp, gc_freeze=True)) as test_client:  # as served (the default)
         yield test_client
     gc.unfreeze()
 

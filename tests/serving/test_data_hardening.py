@@ -11,16 +11,14 @@ from datetime import timedelta
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from fastapi.testclient import TestClient
 
 from core.online_marker import marker_key
 from core.settings import Settings
 from feast_ext import repo as feast_repo
 from feast_ext.online_history import HistoryRow, OnlineHistory
-from serving.app import create_app
 from training.restore_online import restore_online
 
-from .helpers import users_with_online_history, wait_for
+from .helpers import app_client, users_with_online_history, wait_for
 
 pytestmark = pytest.mark.slow
 HISTORY = "user_recent_history__recent_item_ids"
@@ -41,8 +39,7 @@ def log_copy(world, tmp_path_factory) -> Settings:
 @pytest.fixture(scope="module")
 def client(world, log_copy, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data_hardening_app")
-    app = create_app(world.serving_settings(tmp, events_dir=log_copy.raw_dir / "events"))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with app_client(world.serving_settings(tmp, events_dir=log_copy.raw_dir / "events")) as test_client:
         yield test_client
 
 

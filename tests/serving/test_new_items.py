@@ -3,19 +3,16 @@ found by the server, recommended to a user whose history fits them, without a re
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
 from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 
 from core.online_marker import written_ids_key
-from serving.app import create_app
 
-from .helpers import users_with_online_history
+from .helpers import app_client, users_with_online_history
 
 FRESHNESS_BOOST = 2.0  # standard deviations of a request's scores (the default is 0.5)
 
@@ -25,11 +22,9 @@ def client(world, tmp_path_factory):
     # The background check parked (0 would switch the feature off): the test calls it. New items
     # promoted by the operator's freshness boost (an item nobody has seen yet has no popularity,
     # which the ranker has learnt to count on).
-    app = create_app(world.serving_settings(tmp_path_factory.mktemp("new_items"), new_items_check_s=3600,
-                                            freshness_boost=FRESHNESS_BOOST))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with app_client(world.serving_settings(tmp_path_factory.mktemp("new_items"), new_items_check_s=3600,
+                                           freshness_boost=FRESHNESS_BOOST)) as test_client:
         yield test_client
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
